@@ -1,0 +1,277 @@
+"""Typed run configuration: sections as dataclasses, a config file plus command-line overrides.
+
+Every field name is unique across sections, so a setting has one flat key (`sparsity`, `lr`) that works
+the same in a config file (flat or under `[mask]`, `[train]`...), on the command line (`--sparsity`) and
+in a sweep grid. The resolved config is saved with every run and its hash names sweep folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anymask.errors import AnymaskError
+from anymask.masks.config import MaskConfig
+from anymask.recipe.config import RecipeConfig
+
+
+@dataclass
+class ModelConfig:
+    model: str = "cnn"
+    """Architecture from the model registry (resnet20, resnet18, vgg16, mobilenetv2, cnn, ...)."""
+    width: float = 1.0
+    """Channel width multiplier."""
+
+
+@dataclass
+class DataConfig:
+    data: str = "digits"
+    """Dataset from the data registry (digits, cifar10, cifar100, tinyimagenet)."""
+    data_dir: str = "data"
+    """Folder that contains the dataset's official folder (e.g. cifar-10-batches-py)."""
+    download: bool = False
+    """Fetch the official archive when the dataset folder is missing."""
+    val_split: int = 0
+    """Hold out this many training images for validation (the paper holds out 5,000)."""
+    train_subset: int | None = None
+    """Train on the first N training images only (quick runs)."""
+    augment: bool = True
+    """Random crop with padding and horizontal flip (as the dataset defines them)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """Training epochs."""
+    batch_size: int = 128
+    """Global batch size (split across processes under torchrun)."""
+    lr: float = 0.1
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay (pruned weights are 0 and stay 0)."""
+    lr_schedule: str = "cosine"
+    """'cosine', 'step', 'onecycle' or 'constant'."""
+    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    """Step schedule: fractions of the run at which the learning rate is multiplied by lr_gamma."""
+    lr_gamma: float = 0.1
+    """Step schedule: multiplier at each milestone."""
+    warmup_epochs: float = 0.0
+    """Linear learning-rate warm-up (cosine and step schedules)."""
+    seed: int = 0
+    """Seed for weights, data order and augmentation; the same seed reproduces a CPU run."""
+    device: str = "auto"
+    """'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ..."""
+    channels_last: bool = True
+    """channels_last memory format for conv nets (faster on CPU and GPU)."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    compile: bool = False
+    """torch.compile the model."""
+    eval_batch_size: int = 500
+    """Batch size for evaluation."""
+    threads: int | None = None
+    """CPU threads for this run (default: PyTorch's choice)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "mask": MaskConfig,
+    "recipe": RecipeConfig,
+    "train": TrainConfig,
+}
+
+# Settings that change how a run is displayed or scheduled, never its numbers: left out of the hash.
+NOT_HASHED = frozenset({"progress", "threads"})
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_flat(self) -> dict[str, Any]:
+        return {key: getattr(getattr(self, section), key) for key, section in field_sections().items()}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def get(self, key: str) -> Any:
+        return getattr(getattr(self, section_of(key)), key)
+
+    def updated(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with flat-key overrides applied (values coerced and checked)."""
+        new = RunConfig.from_flat(self.to_flat())
+        for key, value in overrides.items():
+            setattr(getattr(new, section_of(key)), key, coerce(key, value))
+        return new
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> RunConfig:
+        config = cls()
+        for key, value in values.items():
+            setattr(getattr(config, section_of(key)), key, coerce(key, value))
+        return config
+
+    def hash(self) -> str:
+        """Short stable hash of every setting that can change a run's numbers."""
+        hashed = {k: v for k, v in sorted(self.to_flat().items()) if k not in NOT_HASHED}
+        return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def field_sections() -> dict[str, str]:
+    """Flat key -> section name, for every setting."""
+    return {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+def field_types() -> dict[str, Any]:
+    return {
+        name: hint
+        for cls in SECTIONS.values()
+        for name, hint in typing.get_type_hints(cls).items()
+    }
+
+
+def field_help() -> dict[str, str]:
+    """Flat key -> the docstring written under the field (used as --help text)."""
+    import ast
+    import inspect
+
+    helps: dict[str, str] = {}
+    for cls in SECTIONS.values():
+        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+        for stmt, nxt in zip(body, body[1:], strict=False):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+                if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                    helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+    return helps
+
+
+def section_of(key: str) -> str:
+    sections = field_sections()
+    if key not in sections:
+        close = difflib.get_close_matches(key, list(sections), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; see `anymask train --help` for settings"
+        raise AnymaskError(f"unknown config key '{key}'{hint}")
+    return sections[key]
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce_scalar(key: str, kind: type, value: Any) -> Any:
+    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool and text in _TRUE | _FALSE:
+            return text in _TRUE
+        try:
+            return kind(text) if kind is not bool else _fail(key, expected, value)
+        except ValueError:
+            _fail(key, expected, value)
+    if kind is bool:
+        return value if isinstance(value, bool) else _fail(key, expected, value)
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    return _fail(key, expected, value)
+
+
+def _fail(key: str, expected: str, value: Any) -> Any:
+    raise AnymaskError(f"config key '{key}' expects {expected}, got {value!r}")
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert a value from a file or the command line to the type the field declares."""
+    kind, optional = _unwrap_optional(field_types()[key])
+    if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
+        if optional:
+            return None
+        _fail(key, "a value", value)
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            _fail(key, "a list", value)
+        return [_coerce_scalar(key, item, v) for v in items]
+    return _coerce_scalar(key, kind, value)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Flat settings from a TOML or YAML file; sections ([mask], [train]...) are optional."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnymaskError(f"config file not found: {path}")
+    raw = _parse_file(path)
+    if not isinstance(raw, dict):
+        raise AnymaskError(f"config file {path} must hold a table of settings")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if section_of(sub_key) != key:
+                    raise AnymaskError(f"config key '{sub_key}' belongs in [{section_of(sub_key)}], not [{key}]")
+                flat[sub_key] = sub_value
+        else:
+            section_of(key)
+            flat[key] = value
+    return flat
+
+
+def _parse_file(path: Path) -> Any:
+    text = path.read_text()
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        return tomllib.loads(text)
+    except Exception as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise AnymaskError(f"cannot parse config file {path}: {first_line}") from None
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """The resolved config as JSON (sections), written atomically."""
+    from anymask.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load_run_config(path: Path) -> RunConfig:
+    data = json.loads(Path(path).read_text())
+    flat = {k: v for section in data.values() for k, v in section.items()}
+    return RunConfig.from_flat(flat)

@@ -1,0 +1,17 @@
+"""Datasets as in-memory uint8 tensors, and fast device-side batching with augmentation."""
+
+from anymask.data.base import DATASETS, ImageDataset
+from anymask.data.batches import iterate_batches, num_batches
+from anymask.data.download import ARCHIVES, Archive, download_and_extract
+from anymask.data.load import load_dataset
+
+__all__ = [
+    "ARCHIVES",
+    "DATASETS",
+    "Archive",
+    "ImageDataset",
+    "download_and_extract",
+    "iterate_batches",
+    "load_dataset",
+    "num_batches",
+]

@@ -1,0 +1,105 @@
+"""Batches straight from uint8 tensors on the device: shuffling, crop/flip augmentation, DDP sharding.
+
+All random draws come from a CPU generator, one epoch at a time, for the global batch: the same seed gives
+the same batches on CPU or GPU, on 1 or N ranks, and a resumed run that restores the generator replays
+the epoch exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from anymask.errors import AnymaskError
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """How many (global) batches one epoch over `n` samples yields."""
+    if batch_size <= 0:
+        raise AnymaskError(f"batch size must be positive, got {batch_size}")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def iterate_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    shuffle: bool,
+    augment: bool,
+    crop_padding: int = 0,
+    flip: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of normalized float32 (images, labels) batches on the device of `images`.
+
+    `batch_size` is the global batch; rank `rank` of `world_size` gets its contiguous share of each one.
+    With world_size > 1 use drop_last=True so every rank gets an equal, non-empty share.
+    """
+    _check_args(images, labels, batch_size, rank, world_size)
+    n, device = len(images), images.device
+    # Everything random for the epoch is drawn up front, in a fixed order, for all n samples.
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    aug = _draw_augmentation(n, crop_padding, flip, generator) if augment and (crop_padding or flip) else None
+    shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+    scale = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
+    for b in range(num_batches(n, batch_size, drop_last)):
+        mine = torch.arange(b * batch_size, min((b + 1) * batch_size, n)).tensor_split(world_size)[rank]
+        idx = order[mine].to(device)
+        x = images[idx]
+        if aug is not None:
+            offsets, flips = aug
+            x = _crop_flip(x, offsets[mine].to(device), flips[mine].to(device), crop_padding)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # Normalizing after the crop makes the zero padding come out as (0 - mean) / std, like torchvision.
+        yield x.float().sub_(shift).mul_(scale), labels[idx]
+
+
+def _check_args(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, rank: int, world_size: int
+) -> None:
+    if images.dtype != torch.uint8 or images.dim() != 4 or len(labels) != len(images):
+        raise ValueError(
+            f"expected uint8 images [N, C, H, W] and N labels, got {images.dtype} {tuple(images.shape)} "
+            f"and {len(labels)} labels"
+        )
+    if batch_size <= 0 or batch_size % world_size:
+        raise AnymaskError(
+            f"batch size {batch_size} must be a positive multiple of the number of processes ({world_size}); "
+            "change --batch-size or the process count"
+        )
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+
+
+def _draw_augmentation(
+    n: int, padding: int, flip: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample crop offsets (top, left) in [0, 2 * padding] and flip decisions, drawn on CPU."""
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return offsets, flips
+
+
+def _crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Per-sample random crop of the zero-padded batch and horizontal flip, as two batched gathers.
+
+    offsets[i] = (top, left) of sample i's window in the padded image; a flip just reverses the column
+    indices of that window, so crop and flip together cost one pass over the pixels per axis.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
+    cols = torch.arange(w, device=x.device)
+    cols = torch.where(flips[:, None], w - 1 - cols, cols) + offsets[:, 1:]  # [B, W]
+    rows = torch.arange(h, device=x.device) + offsets[:, :1]  # [B, H]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, padded.shape[3]))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))

@@ -1,0 +1,26 @@
+"""Masks: the Mask type, which weights are prunable, mask methods, and keeping pruned weights zero."""
+
+from anymask.masks.allocate import keep_count, mask_from_densities, mask_from_scores, top_k
+from anymask.masks.config import MaskConfig
+from anymask.masks.enforce import MaskEnforcer, enforce
+from anymask.masks.mask import LayerDensity, Mask
+from anymask.masks.methods import METHODS, PruneContext, check_sparsity, make_mask
+from anymask.masks.prunable import prunable_from_config, prunable_parameters
+
+__all__ = [
+    "METHODS",
+    "LayerDensity",
+    "Mask",
+    "MaskConfig",
+    "MaskEnforcer",
+    "PruneContext",
+    "check_sparsity",
+    "enforce",
+    "keep_count",
+    "make_mask",
+    "mask_from_densities",
+    "mask_from_scores",
+    "prunable_from_config",
+    "prunable_parameters",
+    "top_k",
+]

@@ -1,0 +1,41 @@
+"""Settings for building a mask (the `[mask]` section of a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MaskConfig:
+    mask_method: str = "dense"
+    """How the mask is made: dense, random, er, erk, magnitude, snip, grasp, synflow, lth, file."""
+    sparsity: float = 0.0
+    """Fraction of prunable weights removed, in [0, 1); 0.95 keeps 5%."""
+    mask_file: str | None = None
+    """A saved mask (torch.nn.utils.prune naming) or a checkpoint whose zeros define it; implies method 'file'."""
+    scope: str = "global"
+    """'global': one threshold over all prunable weights; 'layer': the same density in every layer."""
+    prune_first_conv: bool = True
+    """Prune the first convolution (Synaptic-Flow does; some papers keep it dense)."""
+    prune_classifier: bool = True
+    """Prune the final Linear layer."""
+    prune_shortcuts: bool = True
+    """Prune 1x1 projection shortcuts of residual blocks."""
+    prune_samples_per_class: int = 10
+    """Images per class fed to data-dependent scorers (SNIP, GraSP): 10 x classes as Synaptic-Flow."""
+    prune_balanced: bool = True
+    """Draw the prune images class-balanced rather than as the first images of a shuffle."""
+    synflow_iterations: int = 100
+    """SynFlow pruning iterations (exponential schedule d^((k+1)/n))."""
+    float64: bool = False
+    """Score SynFlow in float64 (deep networks underflow in float32)."""
+    lth_rate: float = 0.2
+    """Lottery ticket: fraction of the remaining weights pruned per round."""
+    lth_rewind: str = "0it"
+    """Lottery ticket: rewind point, '0it' (initial weights), '500it' or '2ep'."""
+    lth_epochs: int | None = None
+    """Lottery ticket: training epochs per pruning round (default: the run's epochs)."""
+    strict: bool = False
+    """Fail, instead of warn, when a layer is left with no weights (layer collapse)."""
+    mask_seed: int | None = None
+    """Seed for random masks and prune batches (default: the run's seed)."""

@@ -1,0 +1,103 @@
+"""Mask methods: a registry of functions `method(context) -> Mask`, and `make_mask`, the entry point.
+
+A score-based method computes one score per weight and leaves the ranking to `mask_from_scores`, so
+global/layer scope, exact counts and tie-breaking live in one place.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from anymask.errors import AnymaskError
+from anymask.masks.allocate import mask_from_densities
+from anymask.masks.config import MaskConfig
+from anymask.masks.mask import Mask
+from anymask.masks.prunable import prunable_from_config
+from anymask.registry import Registry
+
+
+@dataclass
+class PruneContext:
+    """Everything a mask method may use."""
+
+    model: nn.Module  # at initialisation, on `device`
+    params: dict[str, nn.Parameter]  # the prunable weights, by name
+    config: MaskConfig
+    generator: torch.Generator  # CPU generator seeded with the mask seed
+    device: torch.device
+    data: Any = None  # anymask.data.ImageDataset, for data-dependent methods
+    train: Callable[..., Any] | None = None  # lottery ticket: trains a masked model (see masks/lth.py)
+    out_dir: Any = None  # where iterative methods log their rounds (Path or None)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def density(self) -> float:
+        return 1.0 - self.config.sparsity
+
+
+MaskMethod = Callable[[PruneContext], Mask]
+METHODS: Registry[MaskMethod] = Registry("mask method")
+
+
+@METHODS.register("dense")
+def dense(context: PruneContext) -> Mask:
+    return Mask.dense(context.params)
+
+
+@METHODS.register("random")
+def random(context: PruneContext) -> Mask:
+    """The same density in every layer, positions uniformly at random, exact counts."""
+    return mask_from_densities(context.params, dict.fromkeys(context.params, context.density), context.generator)
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise AnymaskError(
+            f"sparsity {sparsity} is outside [0, 1): it is the fraction of weights pruned, "
+            "e.g. --sparsity 0.95 keeps 5%"
+        )
+
+
+def report_collapse(mask: Mask, strict: bool) -> None:
+    collapsed = mask.collapsed_layers()
+    if not collapsed:
+        return
+    message = (
+        f"layer collapse: {len(collapsed)} layer(s) have no weights left ({', '.join(collapsed[:4])}"
+        f"{', ...' if len(collapsed) > 4 else ''}); the network cannot learn through them. Try "
+        "--scope layer, a lower sparsity, or synflow"
+    )
+    if strict:
+        raise AnymaskError(message)
+    warnings.warn(message, stacklevel=2)
+
+
+def make_mask(
+    model: nn.Module,
+    config: MaskConfig,
+    *,
+    data: Any = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    train: Callable[..., Any] | None = None,
+    out_dir: Any = None,
+) -> Mask:
+    """Build the mask `config` asks for, on `model` at its current weights. Weights are not changed."""
+    import anymask.masks.catalog  # noqa: F401  (registers every method)
+
+    check_sparsity(config.sparsity)
+    method_name = "file" if config.mask_file else config.mask_method
+    method = METHODS.get(method_name)
+    generator = torch.Generator().manual_seed(seed if config.mask_seed is None else config.mask_seed)
+    params = prunable_from_config(model, config)
+    context = PruneContext(model, params, config, generator, torch.device(device), data, train, out_dir)
+    mask = method(context)
+    mask.check_fits(model)
+    report_collapse(mask, config.strict)
+    return mask

@@ -1,0 +1,155 @@
+"""The contract between the training loop and the recipe's parts.
+
+A recipe is a list of parts (`gsn`, `gsc`, `lrsi`, `ls`), each registered in `RECIPE_PARTS`. The trainer
+talks only to `Recipe`, which fans each call out to the parts. Times are in epochs as floats
+(`epoch + step / steps_per_epoch`), so schedules are independent of batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from anymask.errors import AnymaskError
+from anymask.registry import Registry
+
+
+@dataclass
+class RecipeContext:
+    """What a part may use when it is prepared, before the optimizer exists."""
+
+    model: nn.Module
+    mask: Any  # anymask.masks.Mask | None
+    data: Any  # anymask.data.ImageDataset
+    config: Any  # anymask.config.RunConfig
+    device: torch.device
+    resuming: bool  # weights come from a checkpoint: do not re-initialise them
+    start_epoch: float  # where training (re)starts
+    channels_last: bool = False
+
+
+class RecipePart:
+    """One switchable part. Defaults do nothing, so a part overrides only what it changes."""
+
+    name: str = ""
+    ghost: bool = False  # a ghost part is temporary: `remove()` must leave the plain model
+
+    def __init__(self, config: Any, total_epochs: float) -> None:
+        self.config = config  # anymask.recipe.config.RecipeConfig
+        self.total_epochs = total_epochs
+
+    def prepare(self, context: RecipeContext) -> None:
+        """Install into the model (ghost modules/hooks) or re-initialise it (GradInit)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Extra trainable parameters the part adds (they get their own optimizer group)."""
+        return []
+
+    def update(self, epoch: float) -> None:
+        """Move schedules to `epoch`; called before every training step and before evaluation."""
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, epoch: float) -> torch.Tensor | None:
+        """The training loss, or None to leave it to another part (cross-entropy by default)."""
+        return None
+
+    def ghost_end(self) -> float:
+        """Epoch at which a ghost part is removed (inf for non-ghost parts)."""
+        return float("inf")
+
+    def remove(self) -> None:
+        """Take the part out of the model for good; idempotent."""
+
+    def metrics(self) -> dict[str, float]:
+        """Values to log with each epoch (schedule positions, learned scales...)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (called after `prepare` on resume)."""
+
+
+RECIPE_PARTS: Registry[type[RecipePart]] = Registry("recipe part")
+PRESETS: dict[str, tuple[str, ...]] = {"default": (), "tost": ("gsn", "gsc", "lrsi", "ls")}
+
+
+def parse_recipe(spec: str) -> tuple[str, ...]:
+    """'default', 'tost' or a comma list of parts ('gsn,ls') -> part names in canonical order."""
+    spec = spec.strip().lower()
+    if spec in PRESETS:
+        return PRESETS[spec]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for name in names:
+        if name not in RECIPE_PARTS:
+            choices = ", ".join([*PRESETS, *RECIPE_PARTS.names()])
+            raise AnymaskError(f"unknown recipe part '{name}' in --recipe {spec!r}; choose from: {choices}")
+    if not names:
+        raise AnymaskError("--recipe is empty; use 'default', 'tost' or a list such as 'gsn,ls'")
+    order = PRESETS["tost"]
+    return tuple(sorted(set(names), key=lambda n: order.index(n) if n in order else len(order)))
+
+
+class Recipe:
+    """The parts of one run, driven by the trainer."""
+
+    def __init__(self, parts: list[RecipePart]) -> None:
+        self.parts = parts
+        self._removed = False
+
+    @classmethod
+    def from_config(cls, config: Any, total_epochs: float) -> Recipe:
+        import anymask.recipe.parts  # noqa: F401  (registers the parts)
+
+        names = parse_recipe(config.recipe)
+        return cls([RECIPE_PARTS.get(name)(config, total_epochs) for name in names])
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parts]
+
+    def prepare(self, context: RecipeContext) -> None:
+        for part in self.parts:
+            if part.ghost and context.start_epoch >= part.ghost_end():
+                continue  # resumed after the ghost phase: the checkpoint holds the plain model
+            part.prepare(context)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for part in self.parts for p in part.parameters()]
+
+    def update(self, epoch: float) -> list[nn.Parameter]:
+        """Advance schedules; remove ghost parts whose phase is over. Returns parameters to drop."""
+        dropped: list[nn.Parameter] = []
+        for part in self.parts:
+            if part.ghost and epoch >= part.ghost_end():
+                dropped += part.parameters()
+                part.remove()
+            else:
+                part.update(epoch)
+        return dropped
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, epoch: float) -> torch.Tensor:
+        for part in self.parts:
+            value = part.loss(logits, targets, epoch)
+            if value is not None:
+                return value
+        return nn.functional.cross_entropy(logits, targets)
+
+    def remove_ghosts(self) -> None:
+        for part in self.parts:
+            if part.ghost:
+                part.remove()
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{part.name}/{k}": v for part in self.parts for k, v in part.metrics().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {part.name: part.state_dict() for part in self.parts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part in self.parts:
+            if part.name in state:
+                part.load_state_dict(state[part.name])

@@ -1,0 +1,43 @@
+"""Settings for the sparse-training recipe (the `[recipe]` section of a run config).
+
+Each part's settings carry its prefix (ghost_, gsn_, gsc_, gradinit_, ls_) so flat keys stay unique
+across sections. docs/recipe.md explains every default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RecipeConfig:
+    recipe: str = "default"
+    """'default' (dense protocol), 'tost' (gsn, gsc, lrsi, ls) or a comma list such as 'gsn,ls'."""
+    ghost_epochs: float | None = None
+    """Length of the ghost phase in epochs, after which gsn and gsc are removed (default: 25% of the run)."""
+    ghost_schedule: str = "cosine"
+    """How ghost parts fade over the ghost phase: 'cosine', 'linear' or 'step' (full strength, then off)."""
+    gsn_soft: str = "swish"
+    """Smooth activation the ghost neurons start from: swish (SiLU), mish, gelu, softplus or elu."""
+    gsc_mode: str = "free"
+    """Ghost skips: 'free' (identity/pooling/padding, no parameters) or 'learned' (1x1 conv + BN per site)."""
+    gradinit_lr: float = 1e-2
+    """GradInit: Adam learning rate of the per-tensor scales."""
+    gradinit_iterations: int = 180
+    """GradInit: iterations (each uses two batches, plus a third for the look-ahead loss)."""
+    gradinit_eta: float = 0.1
+    """GradInit: length of the simulated first SGD step."""
+    gradinit_gamma: float = 1.0
+    """GradInit: gradient-norm bound; above it a step shrinks the gradient norm instead."""
+    gradinit_normalize_grad: bool = True
+    """GradInit: normalise the gradient of the simulated step to unit norm."""
+    gradinit_min_scale: float = 0.01
+    """GradInit: lower bound of each weight tensor's scale (bias scales may reach 0)."""
+    gradinit_grad_clip: float = 1.0
+    """GradInit: clip each scale's gradient to [-clip, clip]; 0 turns clipping off."""
+    gradinit_batch_size: int = 128
+    """GradInit: images per half batch (the loss uses two such batches)."""
+    ls_alpha: float = 0.1
+    """Label smoothing: probability mass moved from the true class, spread evenly over the others."""
+    ls_schedule: str = "constant"
+    """Label smoothing in time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""

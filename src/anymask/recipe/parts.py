@@ -1,0 +1,1 @@
+"""Imports every recipe part so that each registers itself in RECIPE_PARTS."""

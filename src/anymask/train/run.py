@@ -1,0 +1,308 @@
+"""One run, end to end: check inputs, build data, model, mask and recipe, train, and fill the run folder.
+
+A run folder holds `config.json` (the resolved config), `mask.safetensors`, `metrics.jsonl` (one line per
+epoch), `checkpoint.pt` while the run is unfinished, and at the end `model.safetensors` (the plain
+architecture: ghost parts removed) and `summary.json`, which marks the run as finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from anymask.config import RunConfig, load_run_config, save_config
+from anymask.data import DATASETS, ImageDataset, load_dataset
+from anymask.errors import AnymaskError
+from anymask.io import atomic_write_text
+from anymask.masks import Mask, check_sparsity, make_mask
+from anymask.models import MODELS, create_model
+from anymask.recipe import Recipe, RecipeContext, parse_recipe
+from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
+from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
+from anymask.train.lr import SCHEDULES
+from anymask.train.trainer import Trainer
+
+CONFIG, MASK, METRICS, MODEL, SUMMARY = (
+    "config.json", "mask.safetensors", "metrics.jsonl", "model.safetensors", "summary.json",
+)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    skipped: bool = False  # the folder already held a finished run
+
+
+def validate(config: RunConfig) -> None:
+    """Every check that needs no data or model, so bad flags fail before anything is written."""
+    check_sparsity(config.mask.sparsity)
+    MODELS.get(config.model.model)
+    DATASETS.get(config.data.data)
+    SCHEDULES.get(config.train.lr_schedule)
+    parse_recipe(config.recipe.recipe)
+    if config.mask.mask_file and not Path(config.mask.mask_file).is_file():
+        raise AnymaskError(f"mask file not found: {config.mask.mask_file}")
+    checks = {
+        "epochs": config.train.epochs >= 1,
+        "batch_size": config.train.batch_size >= 1,
+        "eval_batch_size": config.train.eval_batch_size >= 1,
+        "width": config.model.width > 0,
+        "weight_decay": config.train.weight_decay >= 0,
+        "momentum": 0 <= config.train.momentum < 1,
+        "lr": config.train.lr > 0 and math.isfinite(config.train.lr),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise AnymaskError(f"invalid {key}: {config.get(key)!r}; see `anymask train --help`")
+    if config.mask.scope not in {"global", "layer"}:
+        raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
+
+
+def folder_state(out_dir: Path) -> str:
+    """'new', 'finished', 'interrupted' (has a config, not finished) or 'foreign'."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return "new"
+    if (out_dir / SUMMARY).is_file():
+        return "finished"
+    if (out_dir / CONFIG).is_file():
+        return "interrupted"
+    return "foreign"
+
+
+def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
+    state = folder_state(out_dir)
+    if state == "foreign":
+        raise AnymaskError(f"{out_dir} exists and is not an anymask run folder; choose another --out")
+    if state == "interrupted" and not resume:
+        raise AnymaskError(f"{out_dir} holds an unfinished run; pass --resume to continue it, or choose another --out")
+    if state in {"interrupted", "finished"}:
+        saved = load_run_config(out_dir / CONFIG)
+        if saved.hash() != config.hash():
+            changed = [k for k, v in config.to_flat().items() if saved.to_flat()[k] != v]
+            raise AnymaskError(
+                f"{out_dir} holds a run with a different config ({', '.join(changed[:5])} differ); "
+                "choose another --out"
+            )
+    return state
+
+
+def run_experiment(
+    config: RunConfig, out_dir: str | Path, *, resume: bool = False, data: ImageDataset | None = None
+) -> RunResult:
+    """Train one run into `out_dir`; a finished folder is returned as it is, an unfinished one resumed."""
+    out_dir = Path(out_dir)
+    validate(config)
+    state = check_folder(out_dir, config, resume)
+    if state == "finished":
+        return RunResult(out_dir, json.loads((out_dir / SUMMARY).read_text()), skipped=True)
+    world = init_world()
+    device = resolve_device(config.train.device, world)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    if data is None:
+        data = load_dataset(
+            config.data.data, config.data.data_dir, download=config.data.download and world.is_main,
+            val_split=config.data.val_split, train_subset=config.data.train_subset,
+        )
+    data = data.to(device)
+    return _Run(config, out_dir, data, device, world, resuming=state == "interrupted").execute()
+
+
+class _Run:
+    def __init__(
+        self, config: RunConfig, out_dir: Path, data: ImageDataset, device: torch.device, world: World,
+        resuming: bool,
+    ) -> None:
+        self.config, self.out_dir, self.data, self.device, self.world = config, out_dir, data, device, world
+        self.checkpoint = load_checkpoint(out_dir / CHECKPOINT) if (out_dir / CHECKPOINT).is_file() else None
+        self.resuming = resuming and self.checkpoint is not None
+        self.progress = config.train.progress and world.is_main
+
+    def new_model(self) -> nn.Module:
+        c = self.config
+        model = create_model(c.model.model, self.data.num_classes, self.data.input_shape, c.model.width)
+        model = model.to(self.device)
+        if c.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def build_mask(self, model: nn.Module) -> tuple[Mask, int]:
+        """The run's mask and the step training starts from (non-zero after a lottery-ticket rewind)."""
+        mask_path = self.out_dir / MASK
+        if mask_path.is_file() and (self.out_dir / CONFIG).is_file():
+            mask = Mask.load(mask_path)
+            mask.check_fits(model)
+            return mask, int(json.loads((self.out_dir / CONFIG).read_text()).get("start_step", 0))
+        mask = None
+        if self.world.is_main:
+            context_train = self.lth_round if self.config.mask.mask_method == "lth" else None
+            if context_train is not None:
+                self.write_config()
+            mask = make_mask(
+                model, self.config.mask, data=self.data, device=self.device, seed=self.config.train.seed,
+                train=context_train, out_dir=self.out_dir,
+            )
+        mask = broadcast_object(mask, self.world)
+        assert isinstance(mask, Mask)
+        return mask, self.rewind_step()
+
+    def rewind_step(self) -> int:
+        if self.config.mask.mask_method != "lth":
+            return 0
+        from anymask.steps import Step
+
+        return Step.parse(self.config.mask.lth_rewind).iterations(self.steps_per_epoch())
+
+    def steps_per_epoch(self) -> int:
+        from anymask.data import num_batches
+
+        return num_batches(len(self.data.train_y), self.config.train.batch_size, self.world.distributed)
+
+    def write_config(self, start_step: int = 0) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.out_dir / CONFIG)
+        if start_step:
+            saved = json.loads((self.out_dir / CONFIG).read_text())
+            atomic_write_text(self.out_dir / CONFIG, json.dumps({**saved, "start_step": start_step}, indent=2))
+
+    # -- lottery ticket rounds: plain training of a copy of the model --------------------------------
+    def lth_round(self, mask: Mask, state: dict[str, torch.Tensor], start_step: int, capture_step: int | None):
+        from anymask.masks.lth import TrainedRound
+
+        model = self.new_model()
+        model.load_state_dict(state)
+        mask.apply(model)
+        epochs = self.config.mask.lth_epochs or self.config.train.epochs
+        trainer = Trainer(model, self.data, self.config, mask=mask, device=self.device, epochs=epochs)
+        captured: dict[str, dict[str, torch.Tensor]] = {}
+
+        def capture(step: int) -> None:
+            if step == capture_step:
+                captured["state"] = copy.deepcopy(model.state_dict())
+
+        first_epoch = start_step // trainer.steps_per_epoch
+        bar = tqdm(total=trainer.total_steps - start_step, desc=f"lth round {mask.sparsity():.3f}",
+                   disable=not self.progress, leave=False)
+        for epoch in range(first_epoch, epochs):
+            trainer.train_epoch(epoch, start_step=start_step, on_step=capture, progress=bar)
+        bar.close()
+        accuracy, _ = trainer.evaluate(self.data.test_x, self.data.test_y)
+        return TrainedRound(state=copy.deepcopy(model.state_dict()), captured=captured.get("state"), test_acc=accuracy)
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        torch.manual_seed(self.config.train.seed)
+        model = self.new_model()
+        mask, start_step = self.build_mask(model)
+        if self.world.is_main and not self.resuming:
+            self.write_config(start_step)
+            mask.save(self.out_dir / MASK)
+        barrier(self.world)
+        mask.apply(model)
+        recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
+        start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
+        recipe.prepare(RecipeContext(
+            model, mask, self.data, self.config, self.device, self.resuming, start_epoch,
+            self.config.train.channels_last,
+        ))
+        trainer = Trainer(model, self.data, self.config, mask=mask, recipe=recipe, device=self.device,
+                          world=self.world)
+        history: list[dict[str, Any]] = []
+        if self.resuming:
+            trainer.load_state_dict(self.checkpoint["trainer"])
+            history = self.checkpoint["history"]
+            start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
+        self.train(trainer, history, start_step, mask)
+        recipe.remove_ghosts()
+        return self.finish(trainer, mask, history)
+
+    def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
+        c = self.config.train
+        bar = tqdm(total=trainer.total_steps, initial=start_step, disable=not self.progress,
+                   desc=f"{self.config.model.model} {self.config.mask.mask_method} {self.config.mask.sparsity:g}")
+        for epoch in range(start_step // trainer.steps_per_epoch, c.epochs):
+            stats = trainer.train_epoch(epoch, start_step=start_step, progress=bar)
+            dropped = trainer.recipe.update(float(epoch + 1))  # evaluate the model as it now stands
+            if dropped:
+                trainer.drop_parameters(dropped)
+            record = self.epoch_record(trainer, epoch, stats, mask)
+            history.append(record)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", test=f"{record['test_acc']:.4f}")
+            if self.world.is_main:
+                save_checkpoint(self.out_dir / CHECKPOINT,
+                                {"epoch": epoch + 1, "trainer": trainer.state_dict(), "history": history})
+                atomic_write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+            barrier(self.world)
+        bar.close()
+
+    def epoch_record(self, trainer: Trainer, epoch: int, stats: Any, mask: Mask) -> dict[str, Any]:
+        d = self.data
+        test_acc, test_loss = trainer.evaluate(d.test_x, d.test_y)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+            "train_loss": stats.loss,
+            "train_acc": stats.accuracy,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": stats.seconds,
+            "images_per_s": stats.images * self.world.size / max(stats.seconds, 1e-9),
+            "nonzero": nonzero_count(trainer.model, mask),
+        }
+        if len(d.val_y):
+            record["val_acc"], record["val_loss"] = trainer.evaluate(d.val_x, d.val_y)
+        record.update(trainer.recipe.metrics())
+        return record
+
+    def finish(self, trainer: Trainer, mask: Mask, history: list[dict[str, Any]]) -> RunResult:
+        summary = summarize(self.config, mask, history, trainer.model)
+        if self.world.is_main:
+            save_weights(trainer.model, self.out_dir / MODEL)
+            atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
+        barrier(self.world)
+        return RunResult(self.out_dir, summary)
+
+
+def nonzero_count(model: nn.Module, mask: Mask) -> int:
+    """Nonzero prunable weights: never more than the mask keeps."""
+    return sum(int(model.get_parameter(name).count_nonzero()) for name in mask)
+
+
+def summarize(config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module) -> dict[str, Any]:
+    last = history[-1]
+    best_test = max(history, key=lambda r: r["test_acc"])
+    summary: dict[str, Any] = {
+        "model": config.model.model,
+        "data": config.data.data,
+        "mask_method": "file" if config.mask.mask_file else config.mask.mask_method,
+        "sparsity": config.mask.sparsity,
+        "recipe": config.recipe.recipe,
+        "seed": config.train.seed,
+        "epochs": config.train.epochs,
+        "final_test_acc": last["test_acc"],
+        "best_test_acc": best_test["test_acc"],
+        "best_test_epoch": best_test["epoch"],
+        "mask_kept": mask.kept(),
+        "mask_total": mask.total(),
+        "mask_density": mask.density(),
+        "nonzero_weights": nonzero_count(model, mask),
+        "train_seconds": sum(r["seconds"] for r in history),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config_hash": config.hash(),
+    }
+    if "val_acc" in last:
+        best_val = max(history, key=lambda r: r["val_acc"])
+        summary.update(best_val_acc=best_val["val_acc"], test_acc_at_best_val=best_val["test_acc"],
+                       best_val_epoch=best_val["epoch"])
+    return summary

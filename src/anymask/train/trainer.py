@@ -1,0 +1,211 @@
+"""The training loop: masked SGD, the recipe's schedules, evaluation, checkpoints and resume.
+
+Everything random in an epoch comes from a generator seeded by (seed, epoch) and learning rates are a
+function of the step, so a run resumed from an epoch checkpoint ends with the same weights as one that
+never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from anymask.config import RunConfig
+from anymask.data import ImageDataset, iterate_batches, num_batches
+from anymask.errors import AnymaskError
+from anymask.masks import Mask, MaskEnforcer
+from anymask.recipe import Recipe
+from anymask.train.distributed import World
+from anymask.train.lr import lr_at
+
+NAN_CHECK_EVERY = 50
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+
+class Trainer:
+    """Trains one model with one mask and one recipe. The recipe must already be prepared."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: ImageDataset,
+        config: RunConfig,
+        *,
+        mask: Mask | None = None,
+        recipe: Recipe | None = None,
+        device: torch.device | str = "cpu",
+        world: World | None = None,
+        epochs: int | None = None,
+    ) -> None:
+        self.model, self.data, self.config = model, data, config
+        self.train_config = config.train
+        self.recipe = recipe or Recipe([])
+        self.device = torch.device(device)
+        self.world = world or World()
+        self.epochs = epochs or config.train.epochs
+        self.drop_last = self.world.distributed
+        self.steps_per_epoch = num_batches(len(data.train_y), config.train.batch_size, self.drop_last)
+        if self.steps_per_epoch == 0:
+            raise AnymaskError(
+                f"no training batches: {len(data.train_y)} images with batch size {config.train.batch_size}"
+            )
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.optimizer = self._build_optimizer()
+        self.enforcer = MaskEnforcer(model, mask, self.optimizer) if mask is not None else None
+        self.network = self._wrap(model)
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        c = self.train_config
+        groups: list[dict[str, Any]] = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        extra = self.recipe.parameters()
+        if extra:
+            groups.append({"params": extra, "ghost": True})
+        return torch.optim.SGD(
+            groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
+            weight_decay=c.weight_decay,
+        )
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        network = model
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            network = DistributedDataParallel(model, device_ids=ids)
+        if self.train_config.compile:
+            network = torch.compile(network)
+        return network
+
+    def drop_parameters(self, params: list[nn.Parameter]) -> None:
+        """Forget parameters of removed ghost parts: their optimizer group and state."""
+        gone = {id(p) for p in params}
+        for p in params:
+            self.optimizer.state.pop(p, None)
+        self.optimizer.param_groups[:] = [
+            g for g in self.optimizer.param_groups if not any(id(p) in gone for p in g["params"])
+        ]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.train_config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- training ----------------------------------------------------------------------------------
+    def batches(self, epoch: int):
+        d, c = self.data, self.train_config
+        return iterate_batches(
+            d.train_x, d.train_y, c.batch_size, mean=d.mean, std=d.std, shuffle=True,
+            augment=self.config.data.augment, crop_padding=d.crop_padding, flip=d.flip,
+            generator=epoch_generator(c.seed, epoch), drop_last=self.drop_last,
+            rank=self.world.rank, world_size=self.world.size, channels_last=c.channels_last,
+        )
+
+    def train_epoch(
+        self,
+        epoch: int,
+        *,
+        start_step: int = 0,
+        end_step: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+        progress: tqdm | None = None,
+    ) -> EpochStats:
+        """One epoch (or the part of it inside [start_step, end_step)); `on_step(step)` after each step."""
+        self.network.train()
+        end_step = self.total_steps if end_step is None else end_step
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, begin = 0, time.perf_counter()
+        for index, (images, labels) in enumerate(self.batches(epoch)):
+            step = epoch * self.steps_per_epoch + index
+            if step < start_step:
+                continue
+            if step >= end_step:
+                break
+            loss, logits = self.train_step(images, labels, step)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+            if (index + 1) % NAN_CHECK_EVERY == 0:
+                self.check_finite(loss_sum, epoch, step)
+            if on_step is not None:
+                on_step(step + 1)
+            if progress is not None:
+                progress.update(1)
+        if seen:
+            self.check_finite(loss_sum, epoch, step)
+        seen = max(seen, 1)
+        return EpochStats(float(loss_sum) / seen, float(correct) / seen, seen, time.perf_counter() - begin)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch_time = step / self.steps_per_epoch
+        dropped = self.recipe.update(epoch_time)
+        if dropped:
+            self.drop_parameters(dropped)
+        lr = lr_at(step, self.total_steps, self.train_config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast():
+            logits = self.network(images)
+            loss = self.recipe.loss(logits.float(), labels, epoch_time)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits
+
+    def check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        if not torch.isfinite(loss_sum):
+            raise AnymaskError(
+                f"training diverged: the loss became NaN or infinite in epoch {epoch + 1} (step {step}); "
+                f"lower --lr (now {self.train_config.lr}) or check the mask and data"
+            )
+
+    # -- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """(top-1 accuracy, mean cross-entropy) of the model as it is now (ghost parts included)."""
+        if len(labels) == 0:
+            return float("nan"), float("nan")
+        self.model.eval()
+        d = self.data
+        loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for x, y in iterate_batches(
+            images, labels, self.train_config.eval_batch_size, mean=d.mean, std=d.std, shuffle=False,
+            augment=False, channels_last=self.train_config.channels_last,
+        ):
+            with self.autocast():
+                logits = self.model(x).float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        return float(correct) / len(labels), float(loss_sum) / len(labels)
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "recipe": self.recipe.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.recipe.load_state_dict(state["recipe"])
+        if self.enforcer is not None:
+            self.enforcer.zero_weights()
