@@ -12,9 +12,11 @@ class MaskConfig:
     sparsity: float = 0.0
     """Fraction of prunable weights removed, in [0, 1); 0.95 keeps 5%."""
     mask_file: str | None = None
-    """A saved mask (torch.nn.utils.prune naming) or a checkpoint whose zeros define it; implies method 'file'."""
+    """A saved mask (torch.nn.utils.prune naming) or a checkpoint whose zeros define it; implies 'file'."""
     scope: str = "global"
-    """'global': one threshold over all prunable weights; 'layer': the same density in every layer."""
+    """'global': one threshold over all prunable weights; 'layer': the same density in every layer.
+    Random, ER and ERK set per-layer densities themselves: 'global' makes their total exact, 'layer'
+    rounds each layer on its own."""
     prune_first_conv: bool = True
     """Prune the first convolution (Synaptic-Flow does; some papers keep it dense)."""
     prune_classifier: bool = True

@@ -6,6 +6,7 @@ On disk a mask uses `torch.nn.utils.prune` naming, `{"<module>.weight_mask": boo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from anymask.errors import AnymaskError
 from anymask.io import atomic_path
 
 FILE_SUFFIX = "_mask"
+NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+"""Where training checkpoints commonly keep the model's tensors; the first one present is read."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # -- counts ------------------------------------------------------------------------------------
     def kept(self) -> int:
-        return sum(int(t.sum()) for t in self.values())
+        return sum(int(t.count_nonzero()) for t in self.values())
 
     def total(self) -> int:
         return sum(t.numel() for t in self.values())
@@ -84,7 +87,7 @@ class Mask(Mapping[str, torch.Tensor]):
         return 1.0 - self.density()
 
     def layers(self) -> list[LayerDensity]:
-        return [LayerDensity(n, tuple(t.shape), int(t.sum()), t.numel()) for n, t in self.items()]
+        return [LayerDensity(n, tuple(t.shape), int(t.count_nonzero()), t.numel()) for n, t in self.items()]
 
     def collapsed_layers(self) -> list[str]:
         return [layer.name for layer in self.layers() if layer.collapsed]
@@ -133,23 +136,46 @@ class Mask(Mapping[str, torch.Tensor]):
             if path.suffix == ".safetensors":
                 from safetensors.torch import save_file
 
-                save_file(tensors, str(tmp), metadata={"format": "anymask-mask", "density": str(self.density())})
+                # safetensors sorts keys; keep the model's layer order for ranking ties and reports
+                order = json.dumps(list(tensors))
+                metadata = {"format": "anymask-mask", "density": str(self.density()), "order": order}
+                save_file(tensors, str(tmp), metadata=metadata)
             elif path.suffix in {".pt", ".pth"}:
                 torch.save(tensors, tmp)
             else:
-                raise AnymaskError(f"cannot save a mask as '{path.suffix}'; use a .safetensors or .pt file name")
+                raise AnymaskError(
+                    f"cannot save a mask as '{path.suffix}'; use a .safetensors or .pt file name"
+                )
 
     @classmethod
     def load(cls, path: str | Path) -> Mask:
         """Read a mask file in torch.nn.utils.prune naming; corrupt or foreign files raise AnymaskError."""
-        tensors = read_tensor_file(path)
+        return cls.from_file_dict(read_tensor_file(path), path)
+
+    @classmethod
+    def from_file_dict(cls, tensors: Mapping[str, torch.Tensor], source: str | Path = "the file") -> Mask:
+        """The `<module>.weight_mask` entries of a file's tensors (others, e.g. weight_orig, ignored)."""
         names = [k for k in tensors if k.endswith(FILE_SUFFIX)]
         if not names:
             raise AnymaskError(
-                f"{path} holds no '<module>.weight_mask' entries; for a checkpoint whose zeros define the "
+                f"{source} holds no '<module>.weight_mask' entries; for a checkpoint whose zeros define the "
                 "mask use --mask-method file (it reads zeros of a state dict)"
             )
         return cls({k[: -len(FILE_SUFFIX)]: tensors[k] for k in names})
+
+
+def has_mask_entries(tensors: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.endswith(FILE_SUFFIX) for k in tensors)
+
+
+def _load_safetensors_in_order(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        order = json.loads((handle.metadata() or {}).get("order", "[]"))
+        available = set(handle.keys())
+        keys = [k for k in order if k in available] or sorted(available)
+        return {key: handle.get_tensor(key) for key in keys}
 
 
 def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -159,16 +185,17 @@ def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise AnymaskError(f"mask file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(path))
+            tensors = _load_safetensors_in_order(path)
         else:
             tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise AnymaskError(f"cannot read {path}: the file is corrupt or not a tensor file ({reason})") from None
-    if isinstance(tensors, dict) and isinstance(tensors.get("state_dict"), dict):
-        tensors = tensors["state_dict"]
+        message = f"cannot read {path}: the file is corrupt or not a tensor file ({reason})"
+        raise AnymaskError(message) from None
+    for key in NESTED_KEYS:
+        if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
+            tensors = tensors[key]
+            break
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise AnymaskError(f"{path} is not a dict of tensors; expected {{'<module>.weight_mask': tensor}}")
     return tensors

@@ -1,13 +1,15 @@
 """Mask methods: a registry of functions `method(context) -> Mask`, and `make_mask`, the entry point.
 
 A score-based method computes one score per weight and leaves the ranking to `mask_from_scores`, so
-global/layer scope, exact counts and tie-breaking live in one place.
+global/layer scope, exact counts and tie-breaking live in one place. The methods themselves live in
+`random_graphs` (random, er, erk), `scoring` (magnitude, snip, grasp, synflow), `lth` and `file`;
+`catalog` imports them all.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from anymask.errors import AnymaskError
-from anymask.masks.allocate import mask_from_densities
+from anymask.masks.allocate import check_scope
 from anymask.masks.config import MaskConfig
 from anymask.masks.mask import Mask
 from anymask.masks.prunable import prunable_from_config
@@ -50,12 +52,6 @@ def dense(context: PruneContext) -> Mask:
     return Mask.dense(context.params)
 
 
-@METHODS.register("random")
-def random(context: PruneContext) -> Mask:
-    """The same density in every layer, positions uniformly at random, exact counts."""
-    return mask_from_densities(context.params, dict.fromkeys(context.params, context.density), context.generator)
-
-
 def check_sparsity(sparsity: float) -> None:
     if not 0.0 <= sparsity < 1.0:
         raise AnymaskError(
@@ -64,15 +60,23 @@ def check_sparsity(sparsity: float) -> None:
         )
 
 
-def report_collapse(mask: Mask, strict: bool) -> None:
+def collapse_message(mask: Mask) -> str | None:
+    """One line naming the layers left with no weights (layer collapse), or None when there are none."""
     collapsed = mask.collapsed_layers()
     if not collapsed:
-        return
-    message = (
+        return None
+    return (
         f"layer collapse: {len(collapsed)} layer(s) have no weights left ({', '.join(collapsed[:4])}"
         f"{', ...' if len(collapsed) > 4 else ''}); the network cannot learn through them. Try "
         "--scope layer, a lower sparsity, or synflow"
     )
+
+
+def report_collapse(mask: Mask, strict: bool) -> None:
+    """Every method's mask passes here: warn about layer collapse, or fail under `strict`."""
+    message = collapse_message(mask)
+    if message is None:
+        return
     if strict:
         raise AnymaskError(message)
     warnings.warn(message, stacklevel=2)
@@ -87,16 +91,25 @@ def make_mask(
     seed: int = 0,
     train: Callable[..., Any] | None = None,
     out_dir: Any = None,
+    extras: Mapping[str, Any] | None = None,
 ) -> Mask:
-    """Build the mask `config` asks for, on `model` at its current weights. Weights are not changed."""
+    """Build the mask `config` asks for, on `model` at its current weights.
+
+    The model's weights, buffers, train/eval mode, requires_grad flags and gradients are left as they
+    were, except for `lth`: it loads the rewind-point weights, from which the run trains the ticket.
+    `extras` passes method-specific facts from the trainer (lth reads "steps_per_epoch").
+    """
     import anymask.masks.catalog  # noqa: F401  (registers every method)
 
     check_sparsity(config.sparsity)
+    check_scope(config.scope)
     method_name = "file" if config.mask_file else config.mask_method
     method = METHODS.get(method_name)
     generator = torch.Generator().manual_seed(seed if config.mask_seed is None else config.mask_seed)
     params = prunable_from_config(model, config)
-    context = PruneContext(model, params, config, generator, torch.device(device), data, train, out_dir)
+    context = PruneContext(
+        model, params, config, generator, torch.device(device), data, train, out_dir, dict(extras or {})
+    )
     mask = method(context)
     mask.check_fits(model)
     report_collapse(mask, config.strict)

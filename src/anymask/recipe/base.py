@@ -7,7 +7,9 @@ talks only to `Recipe`, which fans each call out to the parts. Times are in epoc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ class RecipeContext:
     resuming: bool  # weights come from a checkpoint: do not re-initialise them
     start_epoch: float  # where training (re)starts
     channels_last: bool = False
+    out_dir: Path | None = None  # the run folder: parts may write reports there (gradinit_scales.json)
 
 
 class RecipePart:
@@ -73,16 +76,26 @@ class RecipePart:
         """Restore what `state_dict` returned (called after `prepare` on resume)."""
 
 
+def check_choice(key: str, value: str, choices: Iterable[str]) -> str:
+    """`value` if it is one of `choices`, else a one-line AnymaskError naming the setting and the options."""
+    options = list(choices)
+    if value not in options:
+        raise AnymaskError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
+    return value
+
+
 RECIPE_PARTS: Registry[type[RecipePart]] = Registry("recipe part")
 PRESETS: dict[str, tuple[str, ...]] = {"default": (), "tost": ("gsn", "gsc", "lrsi", "ls")}
 
 
 def parse_recipe(spec: str) -> tuple[str, ...]:
     """'default', 'tost' or a comma list of parts ('gsn,ls') -> part names in canonical order."""
+    import anymask.recipe.parts  # noqa: F401  (registers the parts)
+
     spec = spec.strip().lower()
     if spec in PRESETS:
         return PRESETS[spec]
-    names = [n.strip() for n in spec.split(",") if n.strip()]
+    names = [part for n in spec.split(",") if n.strip() for part in PRESETS.get(n.strip(), (n.strip(),))]
     for name in names:
         if name not in RECIPE_PARTS:
             choices = ", ".join([*PRESETS, *RECIPE_PARTS.names()])
@@ -102,8 +115,6 @@ class Recipe:
 
     @classmethod
     def from_config(cls, config: Any, total_epochs: float) -> Recipe:
-        import anymask.recipe.parts  # noqa: F401  (registers the parts)
-
         names = parse_recipe(config.recipe)
         return cls([RECIPE_PARTS.get(name)(config, total_epochs) for name in names])
 
@@ -137,6 +148,10 @@ class Recipe:
             if value is not None:
                 return value
         return nn.functional.cross_entropy(logits, targets)
+
+    def in_ghost_phase(self, epoch: float) -> bool:
+        """True while some ghost part is still in the model: such a model is not the final one."""
+        return any(part.ghost and epoch < part.ghost_end() for part in self.parts)
 
     def remove_ghosts(self) -> None:
         for part in self.parts:

@@ -40,4 +40,4 @@ class RecipeConfig:
     ls_alpha: float = 0.1
     """Label smoothing: probability mass moved from the true class, spread evenly over the others."""
     ls_schedule: str = "constant"
-    """Label smoothing in time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""
+    """Smoothing over time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""

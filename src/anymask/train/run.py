@@ -105,17 +105,25 @@ def run_experiment(
     state = check_folder(out_dir, config, resume)
     if state == "finished":
         return RunResult(out_dir, json.loads((out_dir / SUMMARY).read_text()), skipped=True)
-    world = init_world()
+    world = init_world(config.train.device)
     device = resolve_device(config.train.device, world)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if data is None:
-        data = load_dataset(
-            config.data.data, config.data.data_dir, download=config.data.download and world.is_main,
-            val_split=config.data.val_split, train_subset=config.data.train_subset,
-        )
+        data = load_data(config, world)
     data = data.to(device)
     return _Run(config, out_dir, data, device, world, resuming=state == "interrupted").execute()
+
+
+def load_data(config: RunConfig, world: World) -> ImageDataset:
+    """The run's dataset; under torchrun rank 0 downloads it before the other ranks read the folder."""
+    def load(download: bool) -> ImageDataset:
+        return load_dataset(config.data.data, config.data.data_dir, download=download,
+                            val_split=config.data.val_split, train_subset=config.data.train_subset)
+
+    data = load(config.data.download) if world.is_main else None
+    barrier(world)
+    return data if data is not None else load(download=False)
 
 
 class _Run:
@@ -213,7 +221,7 @@ class _Run:
         start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
         recipe.prepare(RecipeContext(
             model, mask, self.data, self.config, self.device, self.resuming, start_epoch,
-            self.config.train.channels_last,
+            self.config.train.channels_last, self.out_dir if self.world.is_main else None,
         ))
         trainer = Trainer(model, self.data, self.config, mask=mask, recipe=recipe, device=self.device,
                           world=self.world)
@@ -256,8 +264,9 @@ class _Run:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": stats.seconds,
-            "images_per_s": stats.images * self.world.size / max(stats.seconds, 1e-9),
+            "images_per_s": stats.images / max(stats.seconds, 1e-9),
             "nonzero": nonzero_count(trainer.model, mask),
+            "ghost_phase": trainer.recipe.in_ghost_phase(float(epoch + 1)),
         }
         if len(d.val_y):
             record["val_acc"], record["val_loss"] = trainer.evaluate(d.val_x, d.val_y)
@@ -281,7 +290,9 @@ def nonzero_count(model: nn.Module, mask: Mask) -> int:
 
 def summarize(config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module) -> dict[str, Any]:
     last = history[-1]
-    best_test = max(history, key=lambda r: r["test_acc"])
+    # A model evaluated with ghost parts inside is not the architecture that ships: never pick it as best.
+    final_model = [r for r in history if not r.get("ghost_phase")] or history
+    best_test = max(final_model, key=lambda r: r["test_acc"])
     summary: dict[str, Any] = {
         "model": config.model.model,
         "data": config.data.data,
@@ -302,7 +313,7 @@ def summarize(config: RunConfig, mask: Mask, history: list[dict[str, Any]], mode
         "config_hash": config.hash(),
     }
     if "val_acc" in last:
-        best_val = max(history, key=lambda r: r["val_acc"])
+        best_val = max(final_model, key=lambda r: r["val_acc"])
         summary.update(best_val_acc=best_val["val_acc"], test_acc_at_best_val=best_val["test_acc"],
                        best_val_epoch=best_val["epoch"])
     return summary

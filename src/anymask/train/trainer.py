@@ -23,7 +23,7 @@ from anymask.data import ImageDataset, iterate_batches, num_batches
 from anymask.errors import AnymaskError
 from anymask.masks import Mask, MaskEnforcer
 from anymask.recipe import Recipe
-from anymask.train.distributed import World
+from anymask.train.distributed import World, all_sum, average_gradients, sync_batchnorm
 from anymask.train.lr import lr_at
 
 NAN_CHECK_EVERY = 50
@@ -35,9 +35,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @dataclass
 class EpochStats:
+    """Loss and accuracy over the global batch: every rank's images, not only this rank's share."""
+
     loss: float
     accuracy: float
-    images: int
+    images: int  # trained on by all ranks together
     seconds: float
 
 
@@ -86,8 +88,10 @@ class Trainer:
         )
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP with global-batch BatchNorm under torchrun, so N ranks train as one process would."""
         network = model
         if self.world.distributed:
+            sync_batchnorm(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             network = DistributedDataParallel(model, device_ids=ids)
         if self.train_config.compile:
@@ -102,6 +106,10 @@ class Trainer:
         self.optimizer.param_groups[:] = [
             g for g in self.optimizer.param_groups if not any(id(p) in gone for p in g["params"])
         ]
+
+    def ghost_parameters(self) -> list[nn.Parameter]:
+        """The recipe's parameters: outside the model, so DDP does not average their gradients."""
+        return [p for group in self.optimizer.param_groups if group.get("ghost") for p in group["params"]]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         enabled = self.train_config.amp and self.device.type == "cuda"
@@ -148,10 +156,13 @@ class Trainer:
                 on_step(step + 1)
             if progress is not None:
                 progress.update(1)
+        local = torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(seen).double()])
+        totals = all_sum(local, self.world)
         if seen:
-            self.check_finite(loss_sum, epoch, step)
-        seen = max(seen, 1)
-        return EpochStats(float(loss_sum) / seen, float(correct) / seen, seen, time.perf_counter() - begin)
+            self.check_finite(totals[0], epoch, step)
+        loss_total, correct_total, images = totals.tolist()
+        images = max(int(images), 1)
+        return EpochStats(loss_total / images, correct_total / images, images, time.perf_counter() - begin)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch_time = step / self.steps_per_epoch
@@ -166,6 +177,7 @@ class Trainer:
             loss = self.recipe.loss(logits.float(), labels, epoch_time)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.ghost_parameters(), self.world)
         self.optimizer.step()
         return loss, logits
 

@@ -1,0 +1,140 @@
+"""The mask commands: `anymask prune`, `anymask inspect` and `anymask compare`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from anymask.config import RunConfig
+from anymask.errors import AnymaskError
+from anymask.masks import Mask
+from anymask.masks.analysis import compare, inspect_rows
+
+# Input shape and classes of each dataset, so `inspect --model` needs no data on disk.
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+    "tinyimagenet": ((3, 64, 64), 200),
+}
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        padded = (c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=True))
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def prune_to_file(config: RunConfig, out: Path) -> Mask:
+    """Build the config's mask on the seeded initial model (as `train` would) and save it."""
+    from anymask.data import load_dataset
+    from anymask.train.distributed import World, resolve_device
+    from anymask.train.run import _Run, validate
+
+    validate(config)
+    if out.suffix not in {".safetensors", ".pt", ".pth"}:
+        raise AnymaskError(f"--out must end in .safetensors or .pt, got '{out.name}'")
+    device = resolve_device(config.train.device, World())
+    data = load_dataset(config.data.data, config.data.data_dir, download=config.data.download,
+                        val_split=config.data.val_split, train_subset=config.data.train_subset).to(device)
+    run = _Run(config, out.parent / f"{out.stem}-lth", data, device, World(), resuming=False)
+    torch.manual_seed(config.train.seed)
+    mask, _ = run.build_mask(run.new_model())
+    mask.save(out)
+    return mask
+
+
+def registry_model(name: str, data: str, width: float, weights: Path | None = None) -> nn.Module:
+    from anymask.models import create_model
+
+    if data not in DATASET_SHAPES:
+        raise AnymaskError(f"unknown dataset '{data}'; choose one of: {', '.join(DATASET_SHAPES)}")
+    shape, classes = DATASET_SHAPES[data]
+    torch.manual_seed(0)
+    model = create_model(name, classes, shape, width)
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(weights)))
+    return model
+
+
+def inspect_mask(
+    path: Path, *, model_name: str | None = None, data: str = "cifar10", width: float = 1.0,
+    plot: Path | None = None,
+) -> Path:
+    """Print the per-layer table of a mask file and write its density bar plot; returns the plot path."""
+    mask = Mask.load(path)
+    model = registry_model(model_name, data, width) if model_name else None
+    rows = inspect_rows(mask, model)
+    headers = ["layer", "shape", "kept", "total", "density", "collapse", "gap", "weighted gap"]
+    table = [(r.name, "x".join(map(str, r.shape)), r.kept, r.total, r.density,
+              "COLLAPSED" if r.collapsed else "", r.gap, r.weighted_gap) for r in rows]
+    print(format_table(headers, table))
+    print(f"\nall layers: {mask.kept():,} of {mask.total():,} kept, density {mask.density():.4f}, "
+          f"sparsity {mask.sparsity():.4f}; {len(mask.collapsed_layers())} collapsed layer(s)")
+    notes = sorted({r.note for r in rows if r.note})
+    for note in notes:
+        print(f"note: {note}")
+    plot = plot or path.with_name(f"{path.stem}_densities.png")
+    plot_densities(mask, plot, title=f"{path.name}: density per layer (overall {mask.density():.4f})")
+    print(f"density plot: {plot}")
+    return plot
+
+
+def plot_densities(mask: Mask, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = mask.layers()
+    densities = [layer.density for layer in layers]
+    floor = min([d for d in densities if d > 0] + [mask.density()]) / 3  # log axis: room below the smallest
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(layers) + 2), 4.2))
+    ax.bar(range(len(layers)), [max(d, floor) if d > 0 else 0 for d in densities], bottom=0, color="tab:blue")
+    collapsed = [i for i, layer in enumerate(layers) if layer.collapsed]
+    if collapsed:
+        ax.scatter(collapsed, [floor * 1.3] * len(collapsed), marker="x", color="tab:red", zorder=3,
+                   label="collapsed (no weights left)")
+    ax.axhline(mask.density(), color="black", linestyle="--", linewidth=1, label="overall density")
+    ax.set_yscale("log")
+    ax.set_ylim(floor, 1.5)
+    ax.set_xticks(range(len(layers)), [layer.name.removesuffix(".weight") for layer in layers],
+                  rotation=90, fontsize=7)
+    ax.set_ylabel("density (fraction kept, log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare_masks(a_path: Path, b_path: Path) -> None:
+    """Print per-layer and overall IoU and Hamming distance of two mask files."""
+    result = compare(Mask.load(a_path), Mask.load(b_path))
+    rows = [(o.name, o.iou, o.hamming, o.total, o.hamming_fraction) for o in [*result.layers, result.overall]]
+    print(format_table(["layer", "IoU", "hamming", "total", "hamming fraction"], rows))

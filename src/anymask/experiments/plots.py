@@ -1,0 +1,180 @@
+"""The report's figures: accuracy vs sparsity, learning curves and per-layer mask densities.
+
+Figures are drawn on `matplotlib.figure.Figure` objects, never through pyplot, so no GUI backend or
+global state is involved and reports render the same on a headless server. Each recipe keeps one colour
+in every figure of a table, and sparsities are categorical ticks (90%, 98%, 99%): the interesting points
+crowd near 100% where a linear axis would squash them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from anymask.experiments.report import BASELINE, Group, Table, sparsity_label
+
+DPI = 100
+COLORS = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "olive")]
+
+
+def plot_table(table: Table, out: Path) -> list[Path]:
+    """Every figure that the table's runs allow; returns the PNG paths written."""
+    figures = {
+        f"accuracy_vs_sparsity_{table.slug}.png": accuracy_vs_sparsity(table),
+        f"learning_curves_{table.slug}.png": learning_curves(table),
+        f"densities_{table.slug}.png": densities(table),
+    }
+    written = []
+    for name, figure in figures.items():
+        if figure is not None:
+            figure.savefig(out / name, dpi=DPI)
+            written.append(out / name)
+    return written
+
+
+def recipe_color(table: Table, recipe: str) -> str:
+    return COLORS[table.recipes.index(recipe) % len(COLORS)]
+
+
+def _grid(count: int, max_columns: int, panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure of `count` panels, wrapped after `max_columns`; unused panels are hidden."""
+    columns = min(count, max_columns)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(panel[0] * columns, panel[1] * rows + 0.9), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False, sharey=True).flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes[:count]
+
+
+def _finish(figure: Figure, axes: list[Axes], title: str) -> None:
+    """Shared title, one legend for all panels (below them), light grid."""
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.suptitle(title, fontsize=12)
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
+
+
+# -- accuracy vs sparsity ------------------------------------------------------------------------------
+def accuracy_vs_sparsity(table: Table) -> Figure | None:
+    """One panel per mask method, one line per recipe; error bars are std over seeds."""
+    masks = [m for m in table.masks if m != "dense"]
+    if not masks:
+        return None
+    sparsities = sorted({g.sparsity for g in table.groups if g.mask != "dense"})
+    figure, axes = _grid(len(masks), 3, (4.2, 3.4))
+    for ax, mask in zip(axes, masks, strict=True):
+        for recipe in table.recipes:
+            _accuracy_line(ax, table, mask, recipe, sparsities)
+        _dense_reference(ax, table)
+        ax.set_title(mask)
+        ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
+        ax.set_xlim(-0.4, len(sparsities) - 0.6)
+        ax.set_xlabel("sparsity (weights removed)")
+    axes[0].set_ylabel("final test accuracy (%)")
+    _finish(figure, axes, f"{table.title}: final test accuracy vs sparsity (mean ± std over seeds)")
+    return figure
+
+
+def _accuracy_line(ax: Axes, table: Table, mask: str, recipe: str, sparsities: list[float]) -> None:
+    points = [(i, g) for i, s in enumerate(sparsities) if (g := table.group(mask, s, recipe))]
+    if not points:
+        return
+    stats = [_percent_stats(g.values("final_test_acc")) for _, g in points]
+    ax.errorbar([i for i, _ in points], [m for m, _ in stats], yerr=[s for _, s in stats], label=recipe,
+                color=recipe_color(table, recipe), marker="o", capsize=3, linewidth=1.5)
+
+
+def _dense_reference(ax: Axes, table: Table) -> None:
+    """Dense runs, when the table has them, as a dashed level per recipe."""
+    for group in table.groups:
+        if group.mask == "dense":
+            mean, _ = _percent_stats(group.values("final_test_acc"))
+            ax.axhline(mean, color=recipe_color(table, group.recipe), linestyle="--", linewidth=1,
+                       label=f"dense, {group.recipe}")
+
+
+def _percent_stats(values: Sequence[float]) -> tuple[float, float]:
+    return 100 * statistics.fmean(values), 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# -- learning curves -----------------------------------------------------------------------------------
+def learning_curves(table: Table) -> Figure:
+    """Test accuracy after each epoch: one panel per mask and sparsity, one line per recipe (± std band)."""
+    figure, axes = _grid(len(table.rows), 4, (3.6, 2.9))
+    for ax, (mask, sparsity) in zip(axes, table.rows, strict=True):
+        for recipe in table.recipes:
+            group = table.group(mask, sparsity, recipe)
+            if group is not None:
+                _curve(ax, group, recipe_color(table, recipe))
+        ax.set_title(mask if mask == "dense" else f"{mask}, {sparsity_label(sparsity)} sparse")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes[:: min(len(axes), 4)]:
+        ax.set_ylabel("test accuracy (%)")
+    _finish(figure, axes, f"{table.title}: test accuracy during training (mean over seeds)")
+    return figure
+
+
+def _curve(ax: Axes, group: Group, color: str) -> None:
+    epochs = min(len(run.curve) for run in group.runs)
+    per_epoch = [[100 * run.curve[e] for run in group.runs] for e in range(epochs)]
+    mean = [statistics.fmean(values) for values in per_epoch]
+    x = range(1, epochs + 1)
+    ax.plot(x, mean, color=color, linewidth=1.5, label=group.recipe)
+    if len(group.runs) > 1:
+        std = [statistics.stdev(values) for values in per_epoch]
+        ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.2, linewidth=0)
+
+
+# -- per-layer densities -------------------------------------------------------------------------------
+def densities(table: Table) -> Figure | None:
+    """Per-layer density of each mask method at the table's highest sparsity, layers in model order."""
+    from anymask.masks import Mask
+
+    sparse = [s for s in table.sparsities if s > 0]
+    if not sparse:
+        return None
+    sparsity = sparse[-1]
+    layers: dict[str, dict[str, float]] = {}
+    for mask in table.masks:
+        group = table.group(mask, sparsity, BASELINE) or next(
+            (g for g in table.groups if (g.mask, g.sparsity) == (mask, sparsity)), None)
+        path = group.runs[0].folder / "mask.safetensors" if group else None
+        if path is not None and path.is_file():
+            layers[mask] = {layer.name: layer.density for layer in Mask.load(path).layers()}
+    if not layers:
+        return None
+    names = _model_order(table, {name for densities in layers.values() for name in densities})
+    figure = Figure(figsize=(min(18.0, max(7.0, 0.3 * len(names) + 2)), 4.8), layout="constrained")
+    ax = figure.subplots()
+    for i, (mask, density) in enumerate(layers.items()):
+        ax.plot(range(len(names)), [density.get(n, math.nan) for n in names], marker="o", markersize=4,
+                linewidth=1.2, color=COLORS[i % len(COLORS)], label=mask)
+    ax.axhline(1 - sparsity, color="black", linestyle=":", linewidth=1, label="overall density")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), [n.removesuffix(".weight") for n in names], rotation=90, fontsize=7)
+    ax.set_xlabel("layer (input to output)")
+    ax.set_ylabel("density (fraction of weights kept, log)")
+    title = f"{table.title}: per-layer density of each mask at {sparsity_label(sparsity)} sparsity"
+    _finish(figure, [ax], title)
+    return figure
+
+
+def _model_order(table: Table, names: set[str]) -> list[str]:
+    """Layer names in the model's own order (mask files store them alphabetically)."""
+    from anymask.models import create_model
+
+    settings = table.groups[0].runs[0].settings
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = create_model(table.model, 10, (3, 32, 32), settings.get("width", 1.0))
+    order = [name for name, _ in model.named_parameters() if name in names]
+    return order + sorted(names - set(order))

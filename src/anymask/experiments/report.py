@@ -1,0 +1,343 @@
+"""Reports: finished run folders -> results.csv, report.md (one table per model and dataset) and plots.
+
+Runs that differ only by seed form a group; a group is summarised as mean ± std over its seeds, and a
+recipe's gain over `default` is the mean of per-seed differences on the same mask and sparsity, which
+cancels most of the seed-to-seed noise. Settings that vary between the collected runs other than the
+table axes (say two learning rates) split the runs into separate tables, so no group mixes them.
+
+report.md and results.csv hold only what a run's config determines (accuracies, sparsities, counts),
+never wall times or paths: the same runs give byte-identical files however they were scheduled or
+resumed. Train times go to timings.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import statistics
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from anymask.config import NOT_HASHED, load_run_config
+from anymask.errors import AnymaskError
+from anymask.io import atomic_write_text
+
+SUMMARY, CONFIG, METRICS = "summary.json", "config.json", "metrics.jsonl"  # as anymask.train.run writes them
+BASELINE = "default"
+# Run settings that are table axes (or identify a mask file) rather than a setting that splits tables.
+AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "seed"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run folder, read back."""
+
+    folder: Path
+    summary: dict[str, Any]
+    settings: dict[str, Any]
+    curve: list[float]  # test accuracy after each epoch
+
+    @property
+    def mask(self) -> str:
+        """Mask method, or the mask file's name for runs trained on a saved mask."""
+        file = self.settings.get("mask_file")
+        return f"file:{Path(file).stem}" if file else self.summary["mask_method"]
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A recipe's accuracy minus the baseline's: paired over common seeds, else a difference of means."""
+
+    mean: float
+    seeds: int  # seeds the difference is paired over; 0 for an unpaired difference of means
+
+
+@dataclass
+class Group:
+    """Runs that share every setting but the seed."""
+
+    mask: str
+    sparsity: float
+    recipe: str
+    runs: list[Run]
+
+    def by_seed(self, key: str) -> dict[int, float]:
+        return {run.summary["seed"]: run.summary[key] for run in self.runs}
+
+    def values(self, key: str) -> list[float]:
+        return [run.summary[key] for run in self.runs if key in run.summary]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.summary["seed"] for run in self.runs]
+
+    def gain_over(self, baseline: Group, key: str) -> Gain:
+        mine, base = self.by_seed(key), baseline.by_seed(key)
+        common = sorted(mine.keys() & base.keys())
+        if common:
+            return Gain(statistics.fmean(mine[s] - base[s] for s in common), len(common))
+        return Gain(statistics.fmean(mine.values()) - statistics.fmean(base.values()), 0)
+
+
+@dataclass
+class Table:
+    """The groups of one model on one dataset under one combination of other settings."""
+
+    model: str
+    data: str
+    setting: str  # "lr=0.05" when the collected runs vary in settings beyond the axes; else ""
+    groups: list[Group]
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} on {self.data}" + (f" ({self.setting})" if self.setting else "")
+
+    @property
+    def slug(self) -> str:
+        """File-name part for this table's plots."""
+        return re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{self.model}_{self.data}_{self.setting}").strip("_")
+
+    @cached_property
+    def masks(self) -> list[str]:
+        return sorted({g.mask for g in self.groups}, key=mask_order)
+
+    @cached_property
+    def sparsities(self) -> list[float]:
+        return sorted({g.sparsity for g in self.groups})
+
+    @cached_property
+    def recipes(self) -> list[str]:
+        return sorted({g.recipe for g in self.groups}, key=recipe_order)
+
+    @cached_property
+    def rows(self) -> list[tuple[str, float]]:
+        """(mask, sparsity) pairs that have runs, in display order."""
+        present = {(g.mask, g.sparsity) for g in self.groups}
+        return [(m, s) for m in self.masks for s in self.sparsities if (m, s) in present]
+
+    def group(self, mask: str, sparsity: float, recipe: str) -> Group | None:
+        key = (mask, sparsity, recipe)
+        return next((g for g in self.groups if (g.mask, g.sparsity, g.recipe) == key), None)
+
+    def baseline_of(self, group: Group) -> Group | None:
+        """The default-recipe group on the same mask and sparsity (None for the baseline itself)."""
+        return None if group.recipe == BASELINE else self.group(group.mask, group.sparsity, BASELINE)
+
+
+# -- collecting ----------------------------------------------------------------------------------------
+def collect_runs(dirs: Iterable[Path]) -> list[Run]:
+    """Every finished run folder under `dirs` (searched recursively), each config once."""
+    folders = sorted({p.parent.resolve() for d in dirs for p in _summary_files(Path(d))})
+    runs: dict[str, Run] = {}
+    for folder in folders:
+        missing = [name for name in (CONFIG, METRICS) if not (folder / name).is_file()]
+        if missing:
+            warnings.warn(f"skipping {folder}: it has {SUMMARY} but no {' or '.join(missing)}", stacklevel=2)
+            continue
+        run = read_run(folder)
+        first = runs.setdefault(run.summary["config_hash"], run)
+        if first is not run:
+            warnings.warn(f"skipping {folder}: the same run as {first.folder}", stacklevel=2)
+    return list(runs.values())
+
+
+def _summary_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise AnymaskError(f"not a folder: {path}")
+    return sorted(path.rglob(SUMMARY))
+
+
+def read_run(folder: Path) -> Run:
+    summary = json.loads((folder / SUMMARY).read_text())
+    settings = load_run_config(folder / CONFIG).to_flat()
+    lines = (folder / METRICS).read_text().splitlines()
+    curve = [json.loads(line)["test_acc"] for line in lines if line.strip()]
+    return Run(folder, summary, settings, curve)
+
+
+def build_tables(runs: Sequence[Run]) -> list[Table]:
+    """Group runs by everything but the seed, and groups into tables by model, data and other settings."""
+    varying = _varying_settings(runs)
+    by_group: dict[tuple[Any, ...], list[Run]] = {}
+    for run in runs:
+        s = run.summary
+        setting = ", ".join(f"{key}={run.settings[key]}" for key in varying)
+        key = (s["model"], s["data"], setting, run.mask, s["sparsity"], s["recipe"])
+        by_group.setdefault(key, []).append(run)
+    tables: dict[tuple[str, str, str], Table] = {}
+    for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
+        members.sort(key=lambda r: r.summary["seed"])
+        table = tables.setdefault((model, data, setting), Table(model, data, setting, []))
+        table.groups.append(Group(mask, sparsity, recipe, members))
+    for table in tables.values():
+        table.groups.sort(key=lambda g: (mask_order(g.mask), g.sparsity, recipe_order(g.recipe)))
+    return [tables[key] for key in sorted(tables)]
+
+
+def mask_order(mask: str) -> tuple[bool, str]:
+    return mask != "dense", mask
+
+
+def recipe_order(recipe: str) -> tuple[bool, str]:
+    return recipe != BASELINE, recipe
+
+
+def _varying_settings(runs: Sequence[Run]) -> list[str]:
+    """Settings (beyond the axes) whose values differ between runs: each value set gets its own table."""
+    keys = sorted(set().union(*(run.settings for run in runs)) - AXES - NOT_HASHED) if runs else []
+    return [key for key in keys if len({json.dumps(run.settings.get(key)) for run in runs}) > 1]
+
+
+# -- statistics and formatting -----------------------------------------------------------------------
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def percent_cell(values: Sequence[float]) -> str:
+    """'93.11 ± 0.52 (3)': mean ± std in percent, and the number of seeds."""
+    mean, std = mean_std(values)
+    spread = f" ± {100 * std:.2f}" if std is not None else ""
+    return f"{100 * mean:.2f}{spread} ({len(values)})"
+
+
+def gain_cell(gain: Gain) -> str:
+    pairing = f"({gain.seeds})" if gain.seeds else "(unpaired)"
+    return f"{100 * gain.mean:+.2f} {pairing}"
+
+
+def sparsity_label(sparsity: float) -> str:
+    return f"{100 * sparsity:g}%"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with padded columns, so it reads as well in a terminal as rendered."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+
+
+def table_markdown(table: Table) -> str:
+    """One table: rows mask x sparsity; per recipe final and best accuracy, and the gain over default."""
+    header = ["mask", "sparsity"]
+    for recipe in table.recipes:
+        header += [f"{recipe} final", f"{recipe} best"] + ([f"{recipe} gain"] if recipe != BASELINE else [])
+    rows = []
+    for mask, sparsity in table.rows:
+        row = [mask, sparsity_label(sparsity)]
+        for recipe in table.recipes:
+            group = table.group(mask, sparsity, recipe)
+            row += _recipe_cells(table, group, recipe)
+        rows.append(row)
+    epochs = {run.summary["epochs"] for g in table.groups for run in g.runs}
+    after = f" after {epochs.pop()} epochs" if len(epochs) == 1 else ""
+    legend = (
+        f"Test accuracy (%){after}: final and best epoch, mean ± std over seeds (number of seeds). "
+        f"Gain: final accuracy minus `{BASELINE}` on the same mask, sparsity and seeds (points)."
+    )
+    return f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
+
+
+def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
+    width = 2 if recipe == BASELINE else 3
+    if group is None:
+        return ["–"] * width
+    cells = [percent_cell(group.values("final_test_acc")), percent_cell(group.values("best_test_acc"))]
+    if recipe != BASELINE:
+        baseline = table.baseline_of(group)
+        cells.append(gain_cell(group.gain_over(baseline, "final_test_acc")) if baseline else "–")
+    return cells
+
+
+def results_csv(tables: Sequence[Table]) -> str:
+    """One row per group; accuracies as fractions like summary.json, gains over the default recipe."""
+    header = [
+        "model", "data", "setting", "mask", "sparsity", "recipe", "n", "seeds", "mask_density",
+        "final_test_acc_mean", "final_test_acc_std", "best_test_acc_mean", "best_test_acc_std",
+        "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "final_gain", "best_gain", "gain_seeds",
+    ]
+    rows = [_csv_row(table, group) for table in tables for group in table.groups]
+    return _csv_text(header, rows)
+
+
+def _csv_row(table: Table, group: Group) -> list[str]:
+    baseline = table.baseline_of(group)
+    keys = ("final_test_acc", "best_test_acc")
+    gains = [group.gain_over(baseline, key) for key in keys] if baseline else []
+    return [
+        table.model, table.data, table.setting, group.mask, f"{group.sparsity:g}", group.recipe,
+        str(len(group.runs)), ";".join(map(str, group.seeds)),
+        _number(statistics.fmean(group.values("mask_density"))),
+        *_mean_std_fields(group.values("final_test_acc")),
+        *_mean_std_fields(group.values("best_test_acc")),
+        *_mean_std_fields(group.values("test_acc_at_best_val")),
+        *([_number(g.mean) for g in gains] or ["", ""]),
+        str(gains[0].seeds) if gains else "",
+    ]
+
+
+def _mean_std_fields(values: Sequence[float]) -> list[str]:
+    if not values:
+        return ["", ""]
+    mean, std = mean_std(values)
+    return [_number(mean), _number(std)]
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def timings_csv(tables: Sequence[Table]) -> str:
+    """Train time per group: kept apart because wall time changes from one machine and run to the next."""
+    header = ["model", "data", "setting", "mask", "sparsity", "recipe", "n", "train_seconds_mean"]
+    rows = [
+        [t.model, t.data, t.setting, g.mask, f"{g.sparsity:g}", g.recipe, str(len(g.runs)),
+         f"{statistics.fmean(g.values('train_seconds')):.1f}"]
+        for t in tables for g in t.groups
+    ]
+    return _csv_text(header, rows)
+
+
+def _csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def write_report(dirs: Sequence[Path], out: Path) -> list[Path]:
+    """Write report.md, results.csv, timings.csv and the plots into `out`; print the tables and paths."""
+    runs = collect_runs(dirs)
+    if not runs:
+        raise AnymaskError(f"no finished runs (folders with {SUMMARY}) under {', '.join(map(str, dirs))}")
+    tables = build_tables(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {table.slug: _write_plots(table, out) for table in tables}
+    sections = [table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug])
+                for t in tables]
+    markdown = f"# anymask report\n\n{len(runs)} finished runs.\n\n" + "\n".join(sections)
+    written = {out / "report.md": markdown, out / "results.csv": results_csv(tables),
+               out / "timings.csv": timings_csv(tables)}
+    for path, text in written.items():
+        atomic_write_text(path, text)
+    print("\n".join(table_markdown(t) for t in tables))
+    files = [*written, *(p for paths in plots.values() for p in paths)]
+    print("wrote:\n" + "\n".join(f"  {path}" for path in files))
+    return files
+
+
+def _write_plots(table: Table, out: Path) -> list[Path]:
+    from anymask.experiments import plots  # matplotlib is slow to import; only reports need it
+
+    return plots.plot_table(table, out)

@@ -1,0 +1,361 @@
+"""Sweeps: one file describes a grid of runs; `run_sweep` runs what is not finished yet, N at a time.
+
+A sweep file (TOML or YAML) holds an optional `out` folder, a `[base]` table of settings shared by every
+run and a `[grid]` table of lists; the runs are the cartesian product of the grid lists, in file order
+with the last key varying fastest. Both tables take flat keys (`sparsity`) or section tables
+(`[base.train]`), exactly like a run config file. Each run lives in `<out>/<config hash>`, so running the
+same file again finds its runs: finished ones are skipped, interrupted ones resumed from their last
+epoch, and a grid that grows only adds runs. Runs go to worker processes, so a crash costs one run,
+not the sweep, and `--workers N` trains N at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from anymask.config import SECTIONS, RunConfig, _parse_file, coerce, section_of
+from anymask.errors import AnymaskError
+from anymask.io import atomic_write_text
+
+RECORD = "sweep.json"
+TOP_LEVEL = ("out", "base", "grid")
+STATES = ("new", "interrupted", "finished", "foreign")  # as anymask.train.run.folder_state names them
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One point of the grid: its resolved config, its grid values and its folder."""
+
+    config: RunConfig
+    values: dict[str, Any]
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.values.items()) or "base"
+
+    @property
+    def state(self) -> str:
+        from anymask.train.run import folder_state
+
+        return folder_state(self.folder)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file: settings are coerced to their declared types, grid lists are non-empty."""
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    out: Path | None = None
+
+    def points(self) -> list[dict[str, Any]]:
+        """The grid's cartesian product, last key varying fastest (one empty point without a grid)."""
+        return [dict(zip(self.grid, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+
+    def plan(self, out: Path) -> list[PlannedRun]:
+        """Every run with its folder, each checked as `anymask train` would before anything is written."""
+        from anymask.train.run import validate
+
+        base = RunConfig.from_flat(self.base)
+        runs = []
+        for values in self.points():
+            config = base.updated(values)
+            run = PlannedRun(config, values, out / config.hash())
+            try:
+                validate(config)
+            except AnymaskError as error:
+                raise AnymaskError(f"sweep {self.name}, run {run.label}: {error}") from None
+            runs.append(run)
+        return runs
+
+    def record(self, runs: list[PlannedRun]) -> dict[str, Any]:
+        """What `sweep.json` holds: the resolved file and which folder is which grid point."""
+        return {
+            "name": self.name,
+            "base": self.base,
+            "grid": self.grid,
+            "runs": [{"hash": run.folder.name, "values": run.values} for run in runs],
+        }
+
+
+# -- parsing -------------------------------------------------------------------------------------------
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and check a sweep file; every mistake is one `AnymaskError` line naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnymaskError(f"sweep file not found: {path}")
+    raw = _parse_file(path)
+    try:
+        return _sweep_from_table(raw, path.stem)
+    except AnymaskError as error:
+        raise AnymaskError(f"sweep file {path}: {error}") from None
+
+
+def _sweep_from_table(raw: Any, name: str) -> Sweep:
+    if not isinstance(raw, dict):
+        raise AnymaskError("expected a table with [base] and [grid]")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise AnymaskError(_top_level_hint(key))
+    out = raw.get("out")
+    if out is not None and not isinstance(out, str):
+        raise AnymaskError(f"'out' expects a folder name, got {out!r}")
+    base = {key: coerce(key, value) for key, value in _flat_settings(raw.get("base", {}), "[base]").items()}
+    grid = {key: _grid_values(key, v) for key, v in _flat_settings(raw.get("grid", {}), "[grid]").items()}
+    for key in grid:
+        if key in base:
+            raise AnymaskError(f"'{key}' is set in both [base] and [grid]; keep one")
+    return Sweep(name, base, grid, Path(out) if out else None)
+
+
+def _top_level_hint(key: str) -> str:
+    try:
+        section_of(key)
+    except AnymaskError:
+        return f"unknown key '{key}'; a sweep file holds out, [base] and [grid]"
+    return f"setting '{key}' is at the top level; put it under [base] (or a list of values under [grid])"
+
+
+def _flat_settings(table: Any, where: str) -> dict[str, Any]:
+    """Flat keys from a table of settings, accepting section sub-tables such as [base.train]."""
+    if not isinstance(table, dict):
+        raise AnymaskError(f"{where} must be a table of settings")
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if section_of(sub_key) != key:
+                    right = section_of(sub_key)
+                    raise AnymaskError(f"{where} key '{sub_key}' belongs in [{right}], not [{key}]")
+                flat[sub_key] = sub_value
+        else:
+            section_of(key)
+            flat[key] = value
+    return flat
+
+
+def _grid_values(key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list):
+        raise AnymaskError(f"[grid] '{key}' must be a list of values, e.g. {key} = [{values!r}]")
+    if not values:
+        raise AnymaskError(f"[grid] '{key}' is an empty list; give at least one value")
+    coerced = [coerce(key, value) for value in values]
+    for i, value in enumerate(coerced):
+        if value in coerced[:i]:
+            raise AnymaskError(f"[grid] '{key}' lists {value!r} twice")
+    return coerced
+
+
+# -- running -------------------------------------------------------------------------------------------
+def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dry_run: bool = False) -> Path:
+    """Run every unfinished run of the sweep file into `out`; returns the sweep folder.
+
+    `out` defaults to the file's `out`, then to runs/<file name>. Raises `AnymaskError` after the last
+    run if any failed, so the command exits non-zero while the other runs still finished.
+    """
+    sweep = load_sweep(path)
+    out = out or sweep.out or Path("runs") / sweep.name
+    runs = sweep.plan(out)
+    if dry_run:
+        print(plan_table(runs, out))
+        return out
+    if workers < 1:
+        raise AnymaskError(f"--workers must be at least 1, got {workers}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RECORD, json.dumps(sweep.record(runs), indent=2) + "\n")
+    todo = [run for run in runs if run.state != "finished"]
+    failures = _run_all(todo, workers, total=len(runs), desc=f"sweep {sweep.name}") if todo else {}
+    if failures:
+        names = ", ".join(str(folder) for folder in list(failures)[:3])
+        raise AnymaskError(
+            f"{len(failures)} of {len(runs)} runs failed ({names}{', ...' if len(failures) > 3 else ''}); "
+            "fix the cause and run the same sweep again to finish them"
+        )
+    print(f"sweep {sweep.name}: all {len(runs)} runs finished in {out} (tables and plots: anymask report {out})")
+    return out
+
+
+def plan_table(runs: list[PlannedRun], out: Path) -> str:
+    """The dry-run listing: one row per run with its folder name, grid values and state."""
+    from anymask.experiments.report import markdown_table
+
+    keys = list(runs[0].values) if runs else []
+    rows = [[run.folder.name, *(str(v) for v in run.values.values()), run.state] for run in runs]
+    states = [run.state for run in runs]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(sorted(states, key=STATES.index)))
+    return f"{len(runs)} runs in {out} ({counts}):\n" + markdown_table(["run", *keys, "state"], rows)
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (respects taskset/cgroup affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def gpu_slots(runs: list[PlannedRun]) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each worker slot: one GPU per worker when several exist.
+
+    Pinning by environment, not by the `device` setting, keeps `device` (which is hashed) the same for
+    every run, so a run's folder does not depend on which worker happened to train it.
+    """
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 2 or any(run.config.train.device not in {"auto", "cuda"} for run in runs):
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",") if visible else [str(i) for i in range(count)]
+
+
+def _run_all(runs: list[PlannedRun], workers: int, total: int, desc: str) -> dict[Path, str]:
+    """Train `runs` in worker processes with one progress bar for the sweep; returns folder -> error."""
+    size = min(workers, len(runs))
+    threads = max(1, cpu_count() // size)
+    pool = _Pool(size, gpu_slots(runs))
+    pending, failures = deque(runs), {}
+    bar = tqdm(total=total, initial=total - len(runs), desc=desc, unit="run", smoothing=0, dynamic_ncols=True)
+    try:
+        while pending or pool.busy:
+            while pending and pool.idle:
+                pool.submit(pending.popleft(), threads)
+            bar.set_postfix_str(" | ".join(run.label for run in pool.busy.values()), refresh=True)
+            for run, error in pool.collect():
+                bar.update(1)
+                if error is not None:
+                    failures[run.folder] = error
+                    bar.write(f"anymask: run {run.folder} ({run.label}) failed: {error}")
+    finally:
+        pool.close()
+        bar.close()
+    return failures
+
+
+class _Pool:
+    """Worker processes fed one run at a time; a worker that dies fails its run and is replaced."""
+
+    def __init__(self, size: int, gpus: list[str | None]) -> None:
+        self.context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+        self.idle = [_Worker.start(self.context, gpus[i % len(gpus)]) for i in range(size)]
+        self.busy: dict[_Worker, PlannedRun] = {}
+
+    def submit(self, run: PlannedRun, threads: int) -> None:
+        overrides: dict[str, Any] = {"progress": False}
+        if run.config.train.threads is None:
+            overrides["threads"] = threads
+        worker = self.idle.pop()
+        worker.conn.send((run.config.updated(overrides), run.folder))
+        self.busy[worker] = run
+
+    def collect(self) -> list[tuple[PlannedRun, str | None]]:
+        """Block until at least one busy worker answers or dies; (run, error or None) for each."""
+        ready = set(wait([w.conn for w in self.busy] + [w.process.sentinel for w in self.busy]))
+        done = []
+        for worker in [w for w in self.busy if w.conn in ready or w.process.sentinel in ready]:
+            run = self.busy.pop(worker)
+            error = worker.result()
+            if not worker.process.is_alive():
+                worker = _Worker.start(self.context, worker.gpu)
+            self.idle.append(worker)
+            done.append((run, error))
+        return done
+
+    def close(self) -> None:
+        """Stop idle workers politely and kill busy ones (their runs resume next time)."""
+        for worker in self.idle:
+            worker.stop()
+        for worker in self.busy:
+            worker.process.kill()
+            worker.process.join()
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: Any
+    conn: Connection
+    gpu: str | None
+
+    @classmethod
+    def start(cls, context: Any, gpu: str | None) -> _Worker:
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=_worker_main, args=(child_end, gpu), daemon=True)
+        process.start()
+        child_end.close()  # so a dead worker reads as end-of-file here instead of blocking forever
+        return cls(process, parent_end, gpu)
+
+    def result(self) -> str | None:
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.process.join()
+            return f"worker process died (exit code {self.process.exitcode}) while training this run"
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # already gone
+            self.conn.send(None)
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+# -- inside a worker process ---------------------------------------------------------------------------
+def _worker_main(conn: Connection, gpu: str | None) -> None:
+    """Train the runs sent over `conn` until told to stop (None); answers None or an error per run."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the first CUDA call of this process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it stops the workers
+    _exit_with_parent()
+    while (task := conn.recv()) is not None:
+        conn.send(_train(*task))
+
+
+def _exit_with_parent() -> None:
+    """Die when the sweep process dies (even by SIGKILL), so no orphan keeps writing a run folder."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _train(config: RunConfig, folder: Path) -> str | None:
+    """Train (or resume) one run; None on success, else the message to show (a traceback for bugs)."""
+    from anymask.train import run_experiment
+
+    try:
+        d = config.data
+        data = _dataset(d.data, d.data_dir, d.download, d.val_split, d.train_subset)
+        run_experiment(config, folder, resume=True, data=data)
+    except AnymaskError as error:
+        return str(error)
+    except Exception:
+        return traceback.format_exc().rstrip()
+    return None
+
+
+@lru_cache(maxsize=1)  # consecutive runs of a grid share their dataset; keep one in memory, not all
+def _dataset(name: str, data_dir: str, download: bool, val_split: int, train_subset: int | None) -> Any:
+    from anymask.data import load_dataset
+
+    return load_dataset(name, data_dir, download=download, val_split=val_split, train_subset=train_subset)

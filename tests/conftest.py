@@ -1,0 +1,29 @@
+"""Shared fixtures: the real CIFAR-10 subset (skipped when absent) and small cached models."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
+        pytest.skip("real CIFAR-10 subset not found at ../shared/data")
+    return SHARED_DATA
+
+
+@cache
+def cached_model(name: str, width: float = 1.0) -> nn.Module:
+    """Build once per session; tests must not modify it (copy it first)."""
+    from anymask.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(name, 10, (3, 32, 32), width)

@@ -1,0 +1,617 @@
+"""Mask methods: exact counts, scores against by-hand computations, lottery ticket, files, no side effects.
+
+Models are built for 8x8 inputs: ResNet-20 and VGG-16 have the same parameters at any input size (global
+pooling), and data-dependent scorers run 16x faster than on 32x32. The fast grid uses VGG-16 at width
+0.25 (0.9M weights) to rank quickly; the slow tests use the full-width VGG-16 on 32x32.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils import prune
+
+from anymask.data import ImageDataset
+from anymask.errors import AnymaskError
+from anymask.masks import Mask, MaskConfig, make_mask, mask_from_scores, prunable_parameters
+from anymask.masks.lth import TrainedRound, round_densities
+from anymask.masks.random_graphs import erk_densities
+from anymask.masks.scoring import (
+    grasp_scores,
+    make_nonnegative,
+    prune_indices,
+    snip_scores,
+    synflow_scores,
+)
+from anymask.models import create_model
+from anymask.steps import Step
+
+SMALL = (3, 8, 8)
+SPARSITIES = (0.5, 0.9, 0.98, 0.995)
+METHODS = ("random", "er", "erk", "magnitude", "snip", "grasp", "synflow")
+MODELS = {"resnet20": 1.0, "vgg16": 0.25}
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def synthetic_data(
+    shape: tuple[int, int, int] = SMALL, classes: int = 10, per_class: int = 3
+) -> ImageDataset:
+    """Random uint8 images with balanced labels, shaped like the real thing."""
+    g = torch.Generator().manual_seed(0)
+    n = classes * per_class
+    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
+    y = torch.arange(n) % classes
+    empty_x, empty_y = torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return ImageDataset("synthetic", x, y, empty_x, empty_y, x, y, classes, (0.5,) * shape[0],
+                        (0.25,) * shape[0], 0, False, [str(c) for c in range(classes)])
+
+
+@functools.cache
+def _built(name: str, width: float, shape: tuple[int, int, int] = SMALL) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, 10, shape, width)
+
+
+def model(name: str, width: float = 1.0, shape: tuple[int, int, int] = SMALL) -> nn.Module:
+    return copy.deepcopy(_built(name, width, shape))
+
+
+def quiet_make_mask(net: nn.Module, config: MaskConfig, **kwargs) -> Mask:
+    """make_mask without the layer-collapse warning (expected at 99.5% for one-shot methods)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_mask(net, config, **kwargs)
+
+
+def one_line(error: pytest.ExceptionInfo) -> bool:
+    return "\n" not in str(error.value) and str(error.value) != ""
+
+
+class MLP(nn.Module):
+    """Two Linear layers, small enough for Hessians by hand."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc1 = nn.Linear(4, 5).to(dtype)
+        self.fc2 = nn.Linear(5, 3).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def mlp_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+
+
+def weights(net: MLP) -> dict[str, nn.Parameter]:
+    return {"fc1.weight": net.fc1.weight, "fc2.weight": net.fc2.weight}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are small: on a shared 2-core CPU, thread hand-offs cost more than they save."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- exact counts: every method x scope x sparsity on ResNet-20 and VGG-16 ---------------------------------
+@pytest.fixture(scope="module")
+def data() -> ImageDataset:
+    return synthetic_data()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+def test_kept_counts_are_exact(
+    name: str, method: str, scope: str, sparsity: float, data: ImageDataset
+) -> None:
+    net = _built(name, MODELS[name])  # make_mask must not change it (tested below), so share it
+    config = MaskConfig(mask_method=method, sparsity=sparsity, scope=scope, synflow_iterations=5,
+                        prune_samples_per_class=1)
+    mask = quiet_make_mask(net, config, data=data, seed=1)
+    assert_exact_counts(mask, prunable_parameters(net), method, scope, 1 - sparsity)
+
+
+def assert_exact_counts(
+    mask: Mask, params: dict[str, nn.Parameter], method: str, scope: str, density: float
+) -> None:
+    """Global: round(d * N) overall; layer: round(d * N_l) per layer (ER/ERK: their own d_l)."""
+    assert list(mask) == list(params)
+    total = sum(p.numel() for p in params.values())
+    if scope == "global":
+        assert mask.kept() == round(density * total)
+    if method in ("er", "erk"):
+        rule = reference_erk(params, density, kernel=method == "erk")
+        for layer in mask.layers():
+            exact = rule[layer.name] * layer.total
+            expected = {round(exact)} if scope == "layer" else {math.floor(exact), math.ceil(exact)}
+            assert layer.kept in expected, layer
+    elif scope == "layer":
+        for layer in mask.layers():
+            assert layer.kept == round(density * layer.total), layer
+
+
+def reference_erk(params: dict[str, torch.Tensor], density: float, kernel: bool) -> dict[str, float]:
+    """rigl's get_sparsities_erdos_renyi loop, written independently: one densest layer at a time."""
+    def raw(shape: tuple[int, ...]) -> float:
+        dims = shape if kernel else shape[:2]
+        return sum(dims) / math.prod(dims)
+
+    dense: set[str] = set()
+    while True:
+        rhs = sum(p.numel() * (density if n not in dense else density - 1) for n, p in params.items())
+        divisor = sum(raw(tuple(p.shape)) * p.numel() for n, p in params.items() if n not in dense)
+        eps = rhs / divisor
+        probs = {n: raw(tuple(p.shape)) for n, p in params.items() if n not in dense}
+        top = max(probs.values())
+        if top * eps <= 1:
+            return {n: 1.0 if n in dense else eps * raw(tuple(p.shape)) for n, p in params.items()}
+        dense |= {n for n, r in probs.items() if r == top}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.02, 0.005])
+def test_erk_densities_follow_rigl(name: str, kernel: bool, density: float) -> None:
+    params = prunable_parameters(_built(name, MODELS[name]))
+    ours = erk_densities(params, density, kernel=kernel)
+    for layer, value in reference_erk(params, density, kernel).items():
+        assert ours[layer] == pytest.approx(value, rel=1e-12)
+    assert all(0 < d <= 1 for d in ours.values())
+    kept = sum(ours[n] * p.numel() for n, p in params.items())
+    assert kept == pytest.approx(density * sum(p.numel() for p in params.values()), rel=1e-9)
+
+
+def test_erk_makes_small_layers_denser() -> None:
+    params = prunable_parameters(_built("resnet20", 1.0))
+    d = erk_densities(params, 0.1)
+    assert d["stem.conv.weight"] > d["body.layer3.2.conv2.weight"]
+    assert d["classifier.weight"] > d["body.layer3.2.conv2.weight"]
+
+
+def test_random_masks_depend_only_on_the_seed(data: ImageDataset) -> None:
+    net = _built("resnet20", 1.0)
+    config = MaskConfig(mask_method="erk", sparsity=0.9)
+    a, b = make_mask(net, config, seed=5), make_mask(net, config, seed=5)
+    c = make_mask(net, config, seed=6)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+# -- scores against by-hand computations ----------------------------------------------------------------
+def test_snip_scores_match_manual_gradients() -> None:
+    net = MLP()
+    x, y = mlp_batch()
+    w1, b1, w2, b2 = net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias
+    with torch.no_grad():  # backprop of mean cross-entropy through Linear-ReLU-Linear, by hand
+        pre = x @ w1.T + b1
+        h = pre.clamp(min=0)
+        dz = (torch.softmax(h @ w2.T + b2, 1) - F.one_hot(y, 3)) / len(x)
+        grad_w2 = dz.T @ h
+        grad_w1 = ((dz @ w2) * (pre > 0)).T @ x
+    manual = {"fc1.weight": (grad_w1 * w1).abs(), "fc2.weight": (grad_w2 * w2).abs()}
+    norm = sum(s.sum() for s in manual.values())
+    scores = snip_scores(net, weights(net), [(x, y)])
+    for name, s in manual.items():
+        torch.testing.assert_close(scores[name], s / norm)
+
+
+def test_snip_scores_sum_over_batches() -> None:
+    net = MLP()
+    x, y = mlp_batch()
+    halves = [(x[:3], y[:3]), (x[3:], y[3:])]
+    loss = sum(F.cross_entropy(net(a), b) for a, b in halves)
+    grads = torch.autograd.grad(loss, list(weights(net).values()))
+    manual = {n: (g * p).abs() for (n, p), g in zip(weights(net).items(), grads, strict=True)}
+    norm = sum(s.sum() for s in manual.values())
+    scores = snip_scores(net, weights(net), halves)
+    for name, s in manual.items():
+        torch.testing.assert_close(scores[name], (s / norm).detach())
+
+
+def test_grasp_scores_match_explicit_hessian_vector_product() -> None:
+    net = MLP()
+    x, y = mlp_batch()
+    w1, w2 = net.fc1.weight.detach(), net.fc2.weight.detach()
+    n1 = w1.numel()
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        a, b = flat[:n1].view_as(w1), flat[n1:].view_as(w2)
+        out = torch.relu(x @ a.T + net.fc1.bias) @ b.T + net.fc2.bias
+        return F.cross_entropy(out / 200.0, y)
+
+    theta = torch.cat([w1.flatten(), w2.flatten()])
+    g = torch.autograd.functional.jacobian(loss, theta)
+    hessian = torch.autograd.functional.hessian(loss, theta)
+    score = (hessian @ g) * theta
+    score = score / score.sum().abs()
+    ours = grasp_scores(net, weights(net), [(x, y)])
+    torch.testing.assert_close(ours["fc1.weight"], score[:n1].view_as(w1))
+    torch.testing.assert_close(ours["fc2.weight"], score[n1:].view_as(w2))
+
+
+def test_grasp_keeps_the_highest_hg_w_and_prunes_the_lowest() -> None:
+    net = MLP()
+    ours = grasp_scores(net, weights(net), [mlp_batch()])
+    mask = mask_from_scores(ours, 0.5)
+    kept = torch.cat([ours[n][mask[n]] for n in ours])
+    pruned = torch.cat([ours[n][~mask[n]] for n in ours])
+    assert kept.min() >= pruned.max()
+
+
+def manual_synflow(net: MLP, mask: Mask | None = None) -> dict[str, torch.Tensor]:
+    """R = 1' |W2| (|W1| 1 + |b1|) + 1' |b2| for a non-negative MLP (the ReLU is then the identity)."""
+    a1, a2 = net.fc1.weight.detach().abs(), net.fc2.weight.detach().abs()
+    if mask is not None:
+        a1, a2 = a1 * mask["fc1.weight"], a2 * mask["fc2.weight"]
+    hidden = a1.sum(1) + net.fc1.bias.detach().abs()
+    return {"fc1.weight": a1 * a2.sum(0)[:, None], "fc2.weight": a2 * hidden[None, :]}
+
+
+def test_synflow_scores_match_the_closed_form() -> None:
+    net = MLP()
+    copy_ = copy.deepcopy(net)
+    make_nonnegative(copy_)
+    ours = synflow_scores(copy_, weights(copy_), (4,))
+    for name, s in manual_synflow(net).items():
+        torch.testing.assert_close(ours[name], s)
+
+
+def test_synflow_iterates_on_the_pruned_network() -> None:
+    """Two rounds: keep sqrt(d), rescore with the pruned weights zeroed, keep d of the survivors."""
+    net = MLP()
+    config = MaskConfig(mask_method="synflow", sparsity=0.75, synflow_iterations=2)
+    mask = make_mask(net, config, extras={"input_shape": (4,)})
+    first = mask_from_scores(manual_synflow(net), 0.25**0.5)
+    expected = mask_from_scores(manual_synflow(net, first), 0.25, previous=first)
+    assert all(torch.equal(mask[n], expected[n]) for n in mask)
+    assert all(not (mask[n] & ~first[n]).any() for n in mask)
+
+
+def test_synflow_in_float64_gives_the_float32_mask_on_a_shallow_net() -> None:
+    net = model("resnet20")
+    base = dict(mask_method="synflow", sparsity=0.9, synflow_iterations=3)
+    a = make_mask(net, MaskConfig(**base), extras={"input_shape": SMALL})
+    b = make_mask(net, MaskConfig(**base, float64=True), extras={"input_shape": SMALL})
+    assert a.kept() == b.kept()
+    overlap = sum(int((a[n] & b[n]).sum()) for n in a) / a.kept()
+    assert overlap > 0.99
+
+
+def test_synflow_keeps_vgg16_connected_where_magnitude_collapses() -> None:
+    net = _built("vgg16", 0.25)
+    magnitude = quiet_make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.999))
+    synflow = make_mask(net, MaskConfig(mask_method="synflow", sparsity=0.999, synflow_iterations=20),
+                        extras={"input_shape": SMALL})
+    assert magnitude.collapsed_layers()
+    assert not synflow.collapsed_layers()
+
+
+@pytest.mark.slow
+def test_synflow_keeps_full_vgg16_connected_at_99_9_percent() -> None:
+    net = _built("vgg16", 1.0, (3, 32, 32))
+    magnitude = quiet_make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.999))
+    config = MaskConfig(mask_method="synflow", sparsity=0.999, synflow_iterations=100)
+    synflow = make_mask(net, config, extras={"input_shape": (3, 32, 32)})
+    assert magnitude.collapsed_layers()
+    assert not synflow.collapsed_layers()
+    assert synflow.kept() == round(0.001 * synflow.total())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_full_vgg16_counts_are_exact(method: str, scope: str) -> None:
+    net = _built("vgg16", 1.0, (3, 32, 32))
+    config = MaskConfig(mask_method=method, sparsity=0.98, scope=scope, synflow_iterations=100)
+    mask = quiet_make_mask(net, config, data=synthetic_data((3, 32, 32)))
+    assert_exact_counts(mask, prunable_parameters(net), method, scope, 1 - 0.98)
+
+
+# -- prune data -------------------------------------------------------------------------------------
+def test_prune_images_are_class_balanced_and_seeded() -> None:
+    labels = torch.arange(200) % 4
+    first = prune_indices(labels, 5, 4, True, torch.Generator().manual_seed(0))
+    again = prune_indices(labels, 5, 4, True, torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+    assert torch.bincount(labels[first], minlength=4).tolist() == [5, 5, 5, 5]
+    assert len(set(first.tolist())) == 20
+    assert len(prune_indices(labels, 5, 4, False, torch.Generator().manual_seed(0))) == 20
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_data_dependent_methods_need_data(method: str) -> None:
+    with pytest.raises(AnymaskError, match="no dataset") as error:
+        make_mask(_built("resnet20", 1.0), MaskConfig(mask_method=method, sparsity=0.5))
+    assert one_line(error)
+
+
+# -- make_mask leaves the model alone ------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["dense", *METHODS])
+def test_make_mask_leaves_the_model_unchanged(method: str, data: ImageDataset) -> None:
+    net = model("resnet20").train()
+    net.body.layer1[0].bn1.weight.requires_grad_(False)
+    net.stem.conv.weight.grad = torch.ones_like(net.stem.conv.weight)
+    net.body.layer2.eval()
+    before = copy.deepcopy(net.state_dict())
+    modes = [m.training for m in net.modules()]
+    flags = [p.requires_grad for p in net.parameters()]
+    rng = torch.get_rng_state()
+    config = MaskConfig(mask_method=method, sparsity=0.9, synflow_iterations=3, prune_samples_per_class=1,
+                        float64=True)
+    quiet_make_mask(net, config, data=data)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    assert [m.training for m in net.modules()] == modes
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert torch.equal(net.stem.conv.weight.grad, torch.ones_like(net.stem.conv.weight))
+    assert all(p.grad is None for n, p in net.named_parameters() if n != "stem.conv.weight")
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+# -- user errors ------------------------------------------------------------------------------------
+def test_unknown_method_is_one_line() -> None:
+    with pytest.raises(AnymaskError, match="unknown mask method 'magnitud'") as error:
+        make_mask(_built("resnet20", 1.0), MaskConfig(mask_method="magnitud", sparsity=0.5))
+    assert one_line(error)
+
+
+@pytest.mark.parametrize("sparsity", [1.0, -0.1, 1.5])
+def test_sparsity_outside_range_is_one_line(sparsity: float) -> None:
+    with pytest.raises(AnymaskError, match="outside") as error:
+        make_mask(_built("resnet20", 1.0), MaskConfig(mask_method="random", sparsity=sparsity))
+    assert one_line(error)
+
+
+def test_unknown_scope_is_one_line() -> None:
+    with pytest.raises(AnymaskError, match="scope") as error:
+        make_mask(_built("resnet20", 1.0), MaskConfig(mask_method="random", sparsity=0.5, scope="net"))
+    assert one_line(error)
+
+
+def test_strict_turns_layer_collapse_into_an_error() -> None:
+    config = MaskConfig(mask_method="magnitude", sparsity=0.999, strict=True)
+    with pytest.raises(AnymaskError, match="layer collapse") as error:
+        make_mask(_built("vgg16", 0.25), config)
+    assert one_line(error)
+    with pytest.warns(UserWarning, match="layer collapse"):
+        make_mask(_built("vgg16", 0.25), MaskConfig(mask_method="magnitude", sparsity=0.999))
+
+
+# -- ranking properties -------------------------------------------------------------------------------
+shapes = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 7)), min_size=1, max_size=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=shapes, density=st.floats(0, 1), scope=st.sampled_from(["global", "layer"]),
+       levels=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_counts_are_exact_under_ties(
+    shapes: list[tuple[int, int]], density: float, scope: str, levels: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    scores = {f"l{i}.weight": torch.randint(0, levels, s, generator=g).float() for i, s in enumerate(shapes)}
+    mask = mask_from_scores(scores, density, scope)
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        k = round(density * flat.numel())
+        assert mask.kept() == k
+        kept = torch.cat([mask[n].flatten() for n in scores])
+        expected = torch.zeros_like(kept)
+        expected[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+        assert torch.equal(kept, expected)  # the earlier position wins every tie
+    else:
+        for name, s in scores.items():
+            assert int(mask[name].sum()) == round(density * s.numel())
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=shapes, keep=st.floats(0, 1), shrink=st.floats(0, 1),
+       scope=st.sampled_from(["global", "layer"]), seed=st.integers(0, 2**16))
+def test_previous_mask_is_never_revived(
+    shapes: list[tuple[int, int]], keep: float, shrink: float, scope: str, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    first = {f"l{i}.weight": torch.rand(s, generator=g) for i, s in enumerate(shapes)}
+    previous = mask_from_scores(first, keep, scope)
+    scores = {n: torch.rand(s.shape, generator=g) * 10 for n, s in first.items()}  # now favour others
+    mask = mask_from_scores(scores, keep * shrink, scope, previous=previous)
+    assert all(not (mask[n] & ~previous[n]).any() for n in mask)
+    if scope == "global":
+        assert mask.kept() == round(keep * shrink * previous.total())
+
+
+def test_asking_for_more_than_previous_keeps_is_refused() -> None:
+    previous = Mask({"w": torch.tensor([True, False, False, False])})
+    with pytest.raises(ValueError, match="never revived"):
+        mask_from_scores({"w": torch.ones(4)}, 0.5, previous=previous)
+
+
+def test_all_equal_scores_keep_the_first_positions() -> None:
+    mask = mask_from_scores({"a": torch.ones(2, 3), "b": torch.ones(4)}, 0.5)
+    assert mask["a"].flatten().tolist() == [True] * 5 + [False]
+    assert mask["b"].tolist() == [False] * 4
+
+
+# -- lottery ticket ---------------------------------------------------------------------------------
+class FakeTrainer:
+    """Stands in for the trainer: 'training' adds a seeded perturbation and keeps pruned weights at 0."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net, self.calls = net, []
+
+    def __call__(self, mask: Mask, state: dict[str, torch.Tensor], start_step: int,
+                 capture_step: int | None) -> TrainedRound:
+        self.calls.append((mask, state, start_step, capture_step))
+        g = torch.Generator().manual_seed(len(self.calls))
+        final = {k: v.clone() for k, v in state.items()}
+        for name in mask:
+            final[name] = (final[name] + torch.randn(final[name].shape, generator=g)) * mask[name]
+        captured = None if capture_step is None else shifted(state)
+        return TrainedRound(final, captured, test_acc=0.1 * len(self.calls))
+
+
+def shifted(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fake trainer's weights at the capture step: every float tensor + 0.5."""
+    return {k: v + 0.5 if v.is_floating_point() else v.clone() for k, v in state.items()}
+
+
+@pytest.mark.parametrize("rewind", ["0it", "30it", "2ep"])
+def test_lth_rounds_follow_the_schedule_and_rewind(rewind: str, tmp_path: Path) -> None:
+    net = model("resnet20")
+    initial = copy.deepcopy(net.state_dict())
+    train = FakeTrainer(net)
+    config = MaskConfig(mask_method="lth", sparsity=0.9, lth_rewind=rewind)
+    mask = make_mask(net, config, train=train, out_dir=tmp_path, extras={"steps_per_epoch": 20})
+    step = Step.parse(rewind).iterations(20)
+    rounds = [json.loads(line) for line in (tmp_path / "lth_rounds.jsonl").read_text().splitlines()]
+    total = mask.total()
+    assert len(rounds) == 11  # 0.8^10 = 0.107 > 0.1 >= 0.8^11
+    for k, record in enumerate(rounds, start=1):
+        target = 0.9 if k == 11 else 1 - 0.8**k
+        assert record["round"] == k
+        assert record["kept"] == round((1 - target) * total)
+        assert record["test_acc"] == pytest.approx(0.1 * k)  # the network it was pruned from
+        assert (tmp_path / f"lth_round_{k}.safetensors").is_file()
+    assert mask.kept() == round(0.1 * total)
+    assert len(train.calls) == 11  # dense round 0, then rounds 1..10; the final ticket trains in the run
+    _, state0, start0, capture0 = train.calls[0]
+    assert start0 == 0 and capture0 == (step or None)
+    assert all(torch.equal(state0[k], initial[k]) for k in initial)
+    rewound = initial if step == 0 else shifted(initial)
+    for previous, (mask_k, state_k, start_k, capture_k) in zip(train.calls, train.calls[1:], strict=False):
+        assert start_k == step and capture_k is None
+        assert all(torch.equal(state_k[k], rewound[k]) for k in rewound)
+        assert all(not (mask_k[n] & ~previous[0][n]).any() for n in mask_k)
+    assert all(torch.equal(net.state_dict()[k], rewound[k]) for k in rewound)
+    saved = Mask.load(tmp_path / "lth_round_11.safetensors")
+    assert all(torch.equal(saved[n], mask[n]) for n in mask)
+
+
+def test_lth_prunes_by_trained_magnitude() -> None:
+    net = model("resnet20")
+    train = FakeTrainer(net)
+    mask = make_mask(net, MaskConfig(mask_method="lth", sparsity=0.2), train=train)
+    final_state = train.calls[0]
+    trained = FakeTrainer(net)(*final_state).state  # same seed as round 0: the weights pruned from
+    expected = mask_from_scores({n: trained[n].abs() for n in mask}, 0.8)
+    assert all(torch.equal(mask[n], expected[n]) for n in mask)
+
+
+def test_round_densities() -> None:
+    assert round_densities(1.0, 0.2) == []
+    assert round_densities(0.64, 0.2) == pytest.approx([0.8, 0.64])
+    assert round_densities(0.5, 0.2)[-1] == 0.5
+    assert len(round_densities(0.5, 0.2)) == 4
+
+
+def test_lth_without_trainer_says_how_to_run_it() -> None:
+    with pytest.raises(AnymaskError, match="anymask train --mask-method lth") as error:
+        make_mask(_built("resnet20", 1.0), MaskConfig(mask_method="lth", sparsity=0.5))
+    assert one_line(error)
+
+
+def test_lth_epoch_rewind_needs_steps_per_epoch() -> None:
+    config = MaskConfig(mask_method="lth", sparsity=0.5, lth_rewind="2ep")
+    net = model("resnet20")
+    with pytest.raises(AnymaskError, match="steps per epoch") as error:
+        make_mask(net, config, train=FakeTrainer(net))
+    assert one_line(error)
+
+
+@pytest.mark.parametrize("text, iterations", [("500it", 500), ("2ep", 40), ("0it", 0), (" 3EP ", 60)])
+def test_step_parse(text: str, iterations: int) -> None:
+    assert Step.parse(text).iterations(20) == iterations
+
+
+@pytest.mark.parametrize("text", ["", "500", "2 epochs", "-1it", "1.5ep", "it"])
+def test_step_parse_rejects_bad_text(text: str) -> None:
+    with pytest.raises(AnymaskError, match="cannot read step") as error:
+        Step.parse(text)
+    assert one_line(error)
+
+
+# -- files ------------------------------------------------------------------------------------------
+def test_saved_mask_works_with_torch_prune(tmp_path: Path) -> None:
+    net = model("resnet20")
+    mask = make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.9))
+    mask.save(tmp_path / "mask.pt")
+    ours, theirs = model("resnet20"), model("resnet20")
+    mask.apply(ours)
+    for key, tensor in torch.load(tmp_path / "mask.pt").items():
+        module_name = key.removesuffix(".weight_mask")
+        prune.custom_from_mask(theirs.get_submodule(module_name), "weight", tensor)
+    for name in mask:
+        module = theirs.get_submodule(name.removesuffix(".weight"))
+        assert torch.equal(module.weight, ours.get_parameter(name))
+        assert not module.weight[~mask[name]].any()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_file_method_reads_a_mask_file(suffix: str, tmp_path: Path) -> None:
+    net = model("resnet20")
+    mask = make_mask(net, MaskConfig(mask_method="random", sparsity=0.7))
+    mask.save(tmp_path / f"mask{suffix}")
+    loaded = make_mask(net, MaskConfig(mask_file=str(tmp_path / f"mask{suffix}")))
+    assert all(torch.equal(mask[n], loaded[n]) for n in mask)
+
+
+@pytest.mark.parametrize("layout", ["flat", "state_dict", "module", "safetensors"])
+def test_file_method_reads_zeros_of_a_checkpoint(layout: str, tmp_path: Path) -> None:
+    net = model("resnet20")
+    mask = make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.8))
+    pruned = model("resnet20")
+    mask.apply(pruned)
+    state = {k: v.clone() for k, v in pruned.state_dict().items()}
+    path = tmp_path / ("ckpt.safetensors" if layout == "safetensors" else "ckpt.pth")
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    elif layout == "flat":
+        torch.save(state, path)
+    elif layout == "state_dict":
+        torch.save({"state_dict": state, "epoch": 3}, path)
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    loaded = make_mask(net, MaskConfig(mask_method="file", mask_file=str(path)))
+    assert all(torch.equal(mask[n], loaded[n]) for n in mask)
+
+
+def test_file_method_rejects_another_models_files(tmp_path: Path) -> None:
+    vgg = _built("vgg16", 0.25)
+    make_mask(vgg, MaskConfig(mask_method="random", sparsity=0.5)).save(tmp_path / "vgg.safetensors")
+    torch.save(vgg.state_dict(), tmp_path / "vgg.pt")
+    for path in ("vgg.safetensors", "vgg.pt"):
+        with pytest.raises(AnymaskError, match="does not fit the model") as error:
+            make_mask(model("resnet20"), MaskConfig(mask_file=str(tmp_path / path)))
+        assert one_line(error)
+
+
+def test_file_method_rejects_another_widths_mask(tmp_path: Path) -> None:
+    make_mask(model("resnet20", 0.5), MaskConfig(mask_method="random", sparsity=0.5)).save(tmp_path / "m.pt")
+    with pytest.raises(AnymaskError, match="shape") as error:
+        make_mask(model("resnet20"), MaskConfig(mask_file=str(tmp_path / "m.pt")))
+    assert one_line(error)
+
+
+def test_file_method_without_a_path_is_one_line() -> None:
+    with pytest.raises(AnymaskError, match="--mask-file") as error:
+        make_mask(model("resnet20"), MaskConfig(mask_method="file"))
+    assert one_line(error)

@@ -1,0 +1,135 @@
+"""The run pipeline: outputs, reproducibility, exact resume after a kill, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anymask.config import RunConfig
+from anymask.errors import AnymaskError
+from anymask.masks import Mask
+from anymask.models import create_model
+from anymask.train import run_experiment
+from anymask.train.lr import lr_at
+
+QUICK = {
+    "model": "cnn", "data": "digits", "train_subset": 256, "epochs": 2, "batch_size": 64,
+    "lr": 0.05, "progress": False, "threads": 1, "eval_batch_size": 512,
+}
+
+
+def quick_config(**overrides) -> RunConfig:
+    return RunConfig.from_flat({**QUICK, **overrides})
+
+
+def test_run_folder_holds_everything(tmp_path: Path) -> None:
+    config = quick_config(mask_method="random", sparsity=0.9)
+    result = run_experiment(config, tmp_path / "run")
+    folder = result.out_dir
+    assert {p.name for p in folder.iterdir()} == {
+        "config.json", "mask.safetensors", "metrics.jsonl", "model.safetensors", "summary.json"
+    }
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert 0.0 <= records[-1]["test_acc"] <= 1.0
+    # final weights load into the plain registry model, pruned weights are exactly zero
+    model = create_model("cnn", 10, (1, 8, 8))
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    mask = Mask.load(folder / "mask.safetensors")
+    assert sum(int(model.get_parameter(n).count_nonzero()) for n in mask) <= mask.kept()
+    assert all(torch.all(model.get_parameter(n)[~k] == 0) for n, k in mask.items())
+    assert result.summary["mask_kept"] == mask.kept()
+    assert json.loads((folder / "config.json").read_text())["mask"]["sparsity"] == 0.9
+
+
+def test_same_seed_reproduces_a_cpu_run(tmp_path: Path) -> None:
+    config = quick_config(mask_method="random", sparsity=0.5)
+    a = run_experiment(config, tmp_path / "a")
+    b = run_experiment(config, tmp_path / "b")
+    c = run_experiment(config.updated({"seed": 1}), tmp_path / "c")
+    wa, wb, wc = (load_file(r.out_dir / "model.safetensors") for r in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_finished_run_is_skipped(tmp_path: Path) -> None:
+    config = quick_config(epochs=1)
+    run_experiment(config, tmp_path / "run")
+    again = run_experiment(config, tmp_path / "run")
+    assert again.skipped
+    with pytest.raises(AnymaskError, match="different config"):
+        run_experiment(config.updated({"lr": 0.01}), tmp_path / "run")
+
+
+def _train_command(out: Path, epochs: int) -> list[str]:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items() if k not in {"progress", "epochs"}]
+    return [sys.executable, "-m", "anymask", "train", *flags, f"--epochs={epochs}", "--no-progress",
+            "--mask-method=random", "--sparsity=0.8", "--out", str(out)]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    epochs = 6
+    reference = tmp_path / "reference"
+    subprocess.run(_train_command(reference, epochs), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(killed, epochs), stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = killed / "metrics.jsonl"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "run finished before it could be killed"
+
+    refused = subprocess.run(_train_command(killed, epochs), capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    subprocess.run([*_train_command(killed, epochs), "--resume"], check=True, capture_output=True)
+
+    expected, actual = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, epochs + 1))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "constant"])
+def test_lr_schedules(schedule: str) -> None:
+    config = quick_config(lr_schedule=schedule, lr=0.1, epochs=10).train
+    rates = [lr_at(step, 1000, config) for step in range(1000)]
+    assert max(rates) <= 0.1 + 1e-12 and min(rates) > 0
+    if schedule == "step":
+        assert rates[0] == 0.1 and rates[600] == pytest.approx(0.01) and rates[900] == pytest.approx(0.001)
+    if schedule == "cosine":
+        assert rates[0] == 0.1 and rates[-1] < 1e-5
+    if schedule == "constant":
+        assert set(rates) == {0.1}
+
+
+def test_warmup_ramps_linearly() -> None:
+    config = quick_config(lr_schedule="constant", lr=0.1, epochs=10, warmup_epochs=1).train
+    assert lr_at(0, 1000, config) == pytest.approx(0.001)
+    assert lr_at(99, 1000, config) == pytest.approx(0.1)
+
+
+def test_nan_loss_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AnymaskError, match="diverged.*lower --lr"):
+        run_experiment(quick_config(lr=1e12, epochs=1), tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_dense_resnet20_on_real_cifar(shared_data: Path, tmp_path: Path) -> None:
+    """The documented baseline (docs/results.md): 30 epochs reach at least 75%."""
+    config = RunConfig.from_flat({"model": "resnet20", "data": "cifar10", "data_dir": str(shared_data),
+                                  "epochs": 30, "progress": False})
+    assert run_experiment(config, tmp_path / "run").summary["final_test_acc"] >= 0.75
