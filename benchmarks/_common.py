@@ -5,6 +5,9 @@ each case once and each case is summarised by its median. Rounds cycle through e
 so each case follows each other equally often: a step that runs right after a heavier one (cold caches,
 freshly faulted-in memory) would otherwise bias whichever case most often comes next. Ratios are also
 given per round (paired), which cancels load that changes slower than one round.
+
+On a CPU shared with other jobs run the benchmarks with OMP_WAIT_POLICY=PASSIVE (docs/performance.md):
+idle OpenMP threads then sleep instead of spinning on cores that other processes need.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)}, {where}"
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{where}, PyTorch {torch.__version__}{load}"
+    wait = f", OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}" if "OMP_WAIT_POLICY" in os.environ else ""
+    return f"{where}, PyTorch {torch.__version__}{load}{wait}"
 
 
 def cifar_or_synthetic() -> tuple[ImageDataset, str]:

@@ -7,6 +7,7 @@ costs at most ~10% of a step). Both are timed interleaved, one loader epoch agai
 per round (see _common.py), on the same threads.
 
     python benchmarks/data_throughput.py
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/data_throughput.py   # on a CPU shared with other jobs
 """
 
 from __future__ import annotations

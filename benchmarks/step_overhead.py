@@ -11,8 +11,13 @@ The masked step still runs dense kernels (zeros are multiplied like any weight),
 the mask adds nothing measurable: masked/dense at most 1.03. The last line printed is
 `ratio <masked/dense median>` for ResNet-20 on CPU.
 
+With --compile the masked and ghost steps run compiled, as under `anymask train --compile`, while
+dense stays eager: the ratios then show what compiling buys (compilation happens in the warm-up).
+
     python benchmarks/step_overhead.py                      # ResNet-20 and ResNet-18, CPU (+ CUDA)
-    python benchmarks/step_overhead.py --models resnet20 --rounds 40
+    python benchmarks/step_overhead.py --devices cuda --models resnet18 --rounds 60
+    python benchmarks/step_overhead.py --models resnet20 --rounds 60
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/step_overhead.py   # on a CPU shared with other jobs
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.98)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when present")
+    parser.add_argument("--devices", default="cpu,cuda",
+                        help="comma list; cuda is skipped where there is none (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="compile the masked and ghost steps")
     return parser.parse_args()
 
 
@@ -68,7 +75,9 @@ def step_cases(name: str, data: ImageDataset, device: torch.device, args: argpar
 
     Also returns the masked step's enforcer, whose hooks are the whole difference from dense.
     """
-    config = RunConfig().updated({"model": name, "batch_size": args.batch_size, "device": str(device)})
+    config = RunConfig().updated(
+        {"model": name, "batch_size": args.batch_size, "device": str(device), "compile": args.compile}
+    )
     c = config.train
     torch.manual_seed(0)
     base = create_model(name, data.num_classes, data.input_shape)
@@ -129,11 +138,13 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available() and not args.cpu_only:
-        devices.append(torch.device("cuda"))
+    names = args.devices.split(",")
+    devices = [torch.device(d) for d in names if not d.startswith("cuda") or torch.cuda.is_available()]
+    if not devices:
+        raise SystemExit(f"none of the devices {args.devices} is available here")
     data, source = cifar_or_synthetic()
-    print(f"machine: {machine(devices[-1])}\ndata: {source}\nmask: random, sparsity {args.sparsity}")
+    print(f"machine: {machine(devices[-1])}\ndata: {source}\nmask: random, sparsity {args.sparsity}"
+          f"{'; masked and ghost steps compiled' if args.compile else ''}")
     ratios = {}
     for device in devices:
         placed = data.to(device)

@@ -19,8 +19,12 @@ def anymask(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
-    path.write_text('model = "resnet20"\n[mask]\nsparsity = 0.9\nmask_method = "random"\n[train]\nepochs = 7\n')
-    args = build_parser().parse_args(["train", "--config", str(path), "--sparsity", "0.95", "--no-channels-last"])
+    path.write_text(
+        'model = "resnet20"\n[mask]\nsparsity = 0.9\nmask_method = "random"\n[train]\nepochs = 7\n'
+    )
+    args = build_parser().parse_args(
+        ["train", "--config", str(path), "--sparsity", "0.95", "--no-channels-last"]
+    )
     config = resolve_config(args)
     assert (config.model.model, config.mask.sparsity, config.train.epochs) == ("resnet20", 0.95, 7)
     assert config.mask.mask_method == "random" and config.train.channels_last is False
@@ -74,10 +78,31 @@ def test_corrupt_and_mismatched_mask_files(tmp_path: Path) -> None:
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
-    made = anymask("train", "--model", "cnn", "--mask-method", "random", "--sparsity", "0.5", "--epochs", "1",
-                   "--train-subset", "64", "--no-progress", "--out", str(tmp_path / "cnn"))
+    made = anymask(
+        "train",
+        "--model",
+        "cnn",
+        "--mask-method",
+        "random",
+        "--sparsity",
+        "0.5",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "64",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "cnn"),
+    )
     assert made.returncode == 0, made.stderr
-    result = anymask("train", "--model", "resnet20", "--mask", str(tmp_path / "cnn" / "mask.safetensors"),
-                     "--out", str(tmp_path / "b"))
+    result = anymask(
+        "train",
+        "--model",
+        "resnet20",
+        "--mask",
+        str(tmp_path / "cnn" / "mask.safetensors"),
+        "--out",
+        str(tmp_path / "b"),
+    )
     assert result.returncode == 2 and "does not fit the model" in result.stderr
     assert not (tmp_path / "b").exists()

@@ -22,8 +22,15 @@ from anymask.train import run_experiment
 from anymask.train.lr import lr_at
 
 QUICK = {
-    "model": "cnn", "data": "digits", "train_subset": 256, "epochs": 2, "batch_size": 64,
-    "lr": 0.05, "progress": False, "threads": 1, "eval_batch_size": 512,
+    "model": "cnn",
+    "data": "digits",
+    "train_subset": 256,
+    "epochs": 2,
+    "batch_size": 64,
+    "lr": 0.05,
+    "progress": False,
+    "threads": 1,
+    "eval_batch_size": 512,
 }
 
 
@@ -36,7 +43,11 @@ def test_run_folder_holds_everything(tmp_path: Path) -> None:
     result = run_experiment(config, tmp_path / "run")
     folder = result.out_dir
     assert {p.name for p in folder.iterdir()} == {
-        "config.json", "mask.safetensors", "metrics.jsonl", "model.safetensors", "summary.json"
+        "config.json",
+        "mask.safetensors",
+        "metrics.jsonl",
+        "model.safetensors",
+        "summary.json",
     }
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
@@ -72,8 +83,19 @@ def test_finished_run_is_skipped(tmp_path: Path) -> None:
 
 def _train_command(out: Path, epochs: int) -> list[str]:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items() if k not in {"progress", "epochs"}]
-    return [sys.executable, "-m", "anymask", "train", *flags, f"--epochs={epochs}", "--no-progress",
-            "--mask-method=random", "--sparsity=0.8", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "anymask",
+        "train",
+        *flags,
+        f"--epochs={epochs}",
+        "--no-progress",
+        "--mask-method=random",
+        "--sparsity=0.8",
+        "--out",
+        str(out),
+    ]
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
@@ -123,13 +145,20 @@ def test_warmup_ramps_linearly() -> None:
 
 
 def test_nan_loss_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(AnymaskError, match="diverged.*lower --lr"):
+    with pytest.raises(AnymaskError, match=r"diverged.*lower --lr"):
         run_experiment(quick_config(lr=1e12, epochs=1), tmp_path / "run")
 
 
 @pytest.mark.slow
 def test_dense_resnet20_on_real_cifar(shared_data: Path, tmp_path: Path) -> None:
     """The documented baseline (docs/results.md): 30 epochs reach at least 75%."""
-    config = RunConfig.from_flat({"model": "resnet20", "data": "cifar10", "data_dir": str(shared_data),
-                                  "epochs": 30, "progress": False})
+    config = RunConfig.from_flat(
+        {
+            "model": "resnet20",
+            "data": "cifar10",
+            "data_dir": str(shared_data),
+            "epochs": 30,
+            "progress": False,
+        }
+    )
     assert run_experiment(config, tmp_path / "run").summary["final_test_acc"] >= 0.75

@@ -43,11 +43,18 @@ def add_config_flags(parser: argparse.ArgumentParser, keys: Sequence[str] | None
         default = getattr(RunConfig(), _section(key)).__dict__[key]
         text = f"{helps.get(key, '')} (default: {default})"
         if hint is bool:
-            group.add_argument(flag_name(key), dest=key, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=text)
+            group.add_argument(
+                flag_name(key),
+                dest=key,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
+            )
         else:
             metavar = "LIST" if typing.get_origin(hint) is list else key.upper()
-            group.add_argument(flag_name(key), dest=key, default=argparse.SUPPRESS, metavar=metavar, help=text)
+            group.add_argument(
+                flag_name(key), dest=key, default=argparse.SUPPRESS, metavar=metavar, help=text
+            )
 
 
 def _section(key: str) -> str:
@@ -77,8 +84,10 @@ def train_command(args: argparse.Namespace) -> int:
     result = run_experiment(config, out, resume=args.resume)
     s = result.summary
     state = "already finished" if result.skipped else "finished"
-    print(f"{state}: test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), "
-          f"{s['nonzero_weights']:,} of {s['mask_total']:,} prunable weights nonzero; run folder: {out}")
+    print(
+        f"{state}: test accuracy {s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f}), "
+        f"{s['nonzero_weights']:,} of {s['mask_total']:,} prunable weights nonzero; run folder: {out}"
+    )
     return 0
 
 
@@ -98,8 +107,10 @@ def prune_command(args: argparse.Namespace) -> int:
     if args.method:
         config = config.updated({"mask_method": args.method})
     mask = prune_to_file(config, Path(args.out))
-    print(f"saved {args.out}: {mask.kept():,} of {mask.total():,} weights kept "
-          f"(sparsity {mask.sparsity():.4f}, {len(mask)} layers)")
+    print(
+        f"saved {args.out}: {mask.kept():,} of {mask.total():,} weights kept "
+        f"(sparsity {mask.sparsity():.4f}, {len(mask)} layers)"
+    )
     return 0
 
 
@@ -107,8 +118,13 @@ def prune_command(args: argparse.Namespace) -> int:
 def inspect_command(args: argparse.Namespace) -> int:
     from anymask.experiments.masking import inspect_mask
 
-    inspect_mask(Path(args.mask), model_name=args.model, data=args.data, width=args.width,
-                 plot=Path(args.plot) if args.plot else None)
+    inspect_mask(
+        Path(args.mask),
+        model_name=args.model,
+        data=args.data,
+        width=args.width,
+        plot=Path(args.plot) if args.plot else None,
+    )
     return 0
 
 
@@ -124,8 +140,9 @@ def compare_command(args: argparse.Namespace) -> int:
 def sweep_command(args: argparse.Namespace) -> int:
     from anymask.experiments.sweep import run_sweep
 
-    run_sweep(Path(args.sweep), out=Path(args.out) if args.out else None, workers=args.workers,
-              dry_run=args.dry_run)
+    run_sweep(
+        Path(args.sweep), out=Path(args.out) if args.out else None, workers=args.workers, dry_run=args.dry_run
+    )
     return 0
 
 

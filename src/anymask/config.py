@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import types
 import typing
@@ -141,11 +142,7 @@ def field_sections() -> dict[str, str]:
 
 
 def field_types() -> dict[str, Any]:
-    return {
-        name: hint
-        for cls in SECTIONS.values()
-        for name, hint in typing.get_type_hints(cls).items()
-    }
+    return {name: hint for cls in SECTIONS.values() for name, hint in typing.get_type_hints(cls).items()}
 
 
 def field_help() -> dict[str, str]:
@@ -156,10 +153,10 @@ def field_help() -> dict[str, str]:
     helps: dict[str, str] = {}
     for cls in SECTIONS.values():
         body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-        for stmt, nxt in zip(body, body[1:], strict=False):
-            if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-                if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                    helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+        for stmt, nxt in itertools.pairwise(body):
+            documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+            if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
+                helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
     return helps
 
 
@@ -237,7 +234,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 if section_of(sub_key) != key:
-                    raise AnymaskError(f"config key '{sub_key}' belongs in [{section_of(sub_key)}], not [{key}]")
+                    raise AnymaskError(
+                        f"config key '{sub_key}' belongs in [{section_of(sub_key)}], not [{key}]"
+                    )
                 flat[sub_key] = sub_value
         else:
             section_of(key)

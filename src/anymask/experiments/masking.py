@@ -56,8 +56,13 @@ def prune_to_file(config: RunConfig, out: Path) -> Mask:
     if out.suffix not in {".safetensors", ".pt", ".pth"}:
         raise AnymaskError(f"--out must end in .safetensors or .pt, got '{out.name}'")
     device = resolve_device(config.train.device, World())
-    data = load_dataset(config.data.data, config.data.data_dir, download=config.data.download,
-                        val_split=config.data.val_split, train_subset=config.data.train_subset).to(device)
+    data = load_dataset(
+        config.data.data,
+        config.data.data_dir,
+        download=config.data.download,
+        val_split=config.data.val_split,
+        train_subset=config.data.train_subset,
+    ).to(device)
     run = _Run(config, out.parent / f"{out.stem}-lth", data, device, World(), resuming=False)
     torch.manual_seed(config.train.seed)
     mask, _ = run.build_mask(run.new_model())
@@ -81,7 +86,11 @@ def registry_model(name: str, data: str, width: float, weights: Path | None = No
 
 
 def inspect_mask(
-    path: Path, *, model_name: str | None = None, data: str = "cifar10", width: float = 1.0,
+    path: Path,
+    *,
+    model_name: str | None = None,
+    data: str = "cifar10",
+    width: float = 1.0,
     plot: Path | None = None,
 ) -> Path:
     """Print the per-layer table of a mask file and write its density bar plot; returns the plot path."""
@@ -89,11 +98,24 @@ def inspect_mask(
     model = registry_model(model_name, data, width) if model_name else None
     rows = inspect_rows(mask, model)
     headers = ["layer", "shape", "kept", "total", "density", "collapse", "gap", "weighted gap"]
-    table = [(r.name, "x".join(map(str, r.shape)), r.kept, r.total, r.density,
-              "COLLAPSED" if r.collapsed else "", r.gap, r.weighted_gap) for r in rows]
+    table = [
+        (
+            r.name,
+            "x".join(map(str, r.shape)),
+            r.kept,
+            r.total,
+            r.density,
+            "COLLAPSED" if r.collapsed else "",
+            r.gap,
+            r.weighted_gap,
+        )
+        for r in rows
+    ]
     print(format_table(headers, table))
-    print(f"\nall layers: {mask.kept():,} of {mask.total():,} kept, density {mask.density():.4f}, "
-          f"sparsity {mask.sparsity():.4f}; {len(mask.collapsed_layers())} collapsed layer(s)")
+    print(
+        f"\nall layers: {mask.kept():,} of {mask.total():,} kept, density {mask.density():.4f}, "
+        f"sparsity {mask.sparsity():.4f}; {len(mask.collapsed_layers())} collapsed layer(s)"
+    )
     notes = sorted({r.note for r in rows if r.note})
     for note in notes:
         print(f"note: {note}")
@@ -116,13 +138,20 @@ def plot_densities(mask: Mask, path: Path, title: str) -> None:
     ax.bar(range(len(layers)), [max(d, floor) if d > 0 else 0 for d in densities], bottom=0, color="tab:blue")
     collapsed = [i for i, layer in enumerate(layers) if layer.collapsed]
     if collapsed:
-        ax.scatter(collapsed, [floor * 1.3] * len(collapsed), marker="x", color="tab:red", zorder=3,
-                   label="collapsed (no weights left)")
+        ax.scatter(
+            collapsed,
+            [floor * 1.3] * len(collapsed),
+            marker="x",
+            color="tab:red",
+            zorder=3,
+            label="collapsed (no weights left)",
+        )
     ax.axhline(mask.density(), color="black", linestyle="--", linewidth=1, label="overall density")
     ax.set_yscale("log")
     ax.set_ylim(floor, 1.5)
-    ax.set_xticks(range(len(layers)), [layer.name.removesuffix(".weight") for layer in layers],
-                  rotation=90, fontsize=7)
+    ax.set_xticks(
+        range(len(layers)), [layer.name.removesuffix(".weight") for layer in layers], rotation=90, fontsize=7
+    )
     ax.set_ylabel("density (fraction kept, log scale)")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower left", fontsize=8)

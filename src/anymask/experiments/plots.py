@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from anymask.experiments.report import BASELINE, Group, Table, sparsity_label
 
@@ -161,9 +162,13 @@ def densities(table: Table) -> Figure | None:
                 linewidth=1.2, color=COLORS[i % len(COLORS)], label=mask)
     ax.axhline(1 - sparsity, color="black", linestyle=":", linewidth=1, label="overall density")
     ax.set_yscale("log")
-    ax.set_xticks(range(len(names)), [n.removesuffix(".weight") for n in names], rotation=90, fontsize=7)
+    ax.set_ylim(top=1.3)  # always show the 100% tick: dense layers are the reference
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=None))
+    many = len(names) > 8
+    ax.set_xticks(range(len(names)), [n.removesuffix(".weight") for n in names], rotation=90 if many else 0,
+                  fontsize=7 if many else 9)
     ax.set_xlabel("layer (input to output)")
-    ax.set_ylabel("density (fraction of weights kept, log)")
+    ax.set_ylabel("weights kept in the layer (log scale)")
     title = f"{table.title}: per-layer density of each mask at {sparsity_label(sparsity)} sparsity"
     _finish(figure, [ax], title)
     return figure

@@ -34,6 +34,7 @@ from anymask.io import atomic_write_text
 
 RECORD = "sweep.json"
 TOP_LEVEL = ("out", "base", "grid")
+REFRESH_SECONDS = 1.0  # the sweep's bar redraws at least this often, so elapsed time and ETA stay live
 STATES = ("new", "interrupted", "finished", "foreign")  # as anymask.train.run.folder_state names them
 
 
@@ -48,6 +49,11 @@ class PlannedRun:
     @property
     def label(self) -> str:
         return " ".join(f"{key}={value}" for key, value in self.values.items()) or "base"
+
+    @property
+    def short_label(self) -> str:
+        """Just the values ('snip/0.98/tost'): several fit on the progress bar's line."""
+        return "/".join(str(value) for value in self.values.values()) or "base"
 
     @property
     def state(self) -> str:
@@ -141,8 +147,7 @@ def _flat_settings(table: Any, where: str) -> dict[str, Any]:
     for key, value in table.items():
         if key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
-                if section_of(sub_key) != key:
-                    right = section_of(sub_key)
+                if (right := section_of(sub_key)) != key:
                     raise AnymaskError(f"{where} key '{sub_key}' belongs in [{right}], not [{key}]")
                 flat[sub_key] = sub_value
         else:
@@ -170,14 +175,14 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
     `out` defaults to the file's `out`, then to runs/<file name>. Raises `AnymaskError` after the last
     run if any failed, so the command exits non-zero while the other runs still finished.
     """
+    if workers < 1:
+        raise AnymaskError(f"--workers must be at least 1, got {workers}")
     sweep = load_sweep(path)
     out = out or sweep.out or Path("runs") / sweep.name
     runs = sweep.plan(out)
     if dry_run:
         print(plan_table(runs, out))
         return out
-    if workers < 1:
-        raise AnymaskError(f"--workers must be at least 1, got {workers}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RECORD, json.dumps(sweep.record(runs), indent=2) + "\n")
     todo = [run for run in runs if run.state != "finished"]
@@ -188,7 +193,7 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
             f"{len(failures)} of {len(runs)} runs failed ({names}{', ...' if len(failures) > 3 else ''}); "
             "fix the cause and run the same sweep again to finish them"
         )
-    print(f"sweep {sweep.name}: all {len(runs)} runs finished in {out} (tables and plots: anymask report {out})")
+    print(f"sweep {sweep.name}: all {len(runs)} runs finished in {out}; see them with: anymask report {out}")
     return out
 
 
@@ -236,8 +241,8 @@ def _run_all(runs: list[PlannedRun], workers: int, total: int, desc: str) -> dic
         while pending or pool.busy:
             while pending and pool.idle:
                 pool.submit(pending.popleft(), threads)
-            bar.set_postfix_str(" | ".join(run.label for run in pool.busy.values()), refresh=True)
-            for run, error in pool.collect():
+            bar.set_postfix_str(", ".join(run.short_label for run in pool.busy.values()), refresh=True)
+            for run, error in pool.collect(timeout=REFRESH_SECONDS):
                 bar.update(1)
                 if error is not None:
                     failures[run.folder] = error
@@ -246,6 +251,15 @@ def _run_all(runs: list[PlannedRun], workers: int, total: int, desc: str) -> dic
         pool.close()
         bar.close()
     return failures
+
+
+def worker_config(run: PlannedRun, threads: int) -> RunConfig:
+    """The run's config as a worker trains it: no per-run bars (the sweep has one), and its share of the
+    CPUs unless the sweep file sets `threads`. Neither setting is hashed, so the folder stays the same."""
+    overrides: dict[str, Any] = {"progress": False}
+    if run.config.train.threads is None:
+        overrides["threads"] = threads
+    return run.config.updated(overrides)
 
 
 class _Pool:
@@ -257,16 +271,13 @@ class _Pool:
         self.busy: dict[_Worker, PlannedRun] = {}
 
     def submit(self, run: PlannedRun, threads: int) -> None:
-        overrides: dict[str, Any] = {"progress": False}
-        if run.config.train.threads is None:
-            overrides["threads"] = threads
         worker = self.idle.pop()
-        worker.conn.send((run.config.updated(overrides), run.folder))
+        worker.conn.send((worker_config(run, threads), run.folder))
         self.busy[worker] = run
 
-    def collect(self) -> list[tuple[PlannedRun, str | None]]:
-        """Block until at least one busy worker answers or dies; (run, error or None) for each."""
-        ready = set(wait([w.conn for w in self.busy] + [w.process.sentinel for w in self.busy]))
+    def collect(self, timeout: float) -> list[tuple[PlannedRun, str | None]]:
+        """(run, error or None) for each busy worker that answered or died within `timeout` seconds."""
+        ready = set(wait([w.conn for w in self.busy] + [w.process.sentinel for w in self.busy], timeout))
         done = []
         for worker in [w for w in self.busy if w.conn in ready or w.process.sentinel in ready]:
             run = self.busy.pop(worker)

@@ -69,19 +69,19 @@ def mask_from_scores(
     mask = Mask()
     for group in [[name] for name in names] if scope == "layer" else [names]:
         flat = rankable([scores[name] for name in group])
-        if previous is not None:
-            flat.masked_fill_(~torch.cat([previous[name].flatten().cpu() for name in group]), -math.inf)
         k = keep_count(flat.numel(), density)
-        _check_no_revival(k, previous, group)
+        if previous is not None:
+            alive = torch.cat([previous[name].flatten().cpu() for name in group])
+            _check_no_revival(k, int(alive.count_nonzero()), group)
+            flat.masked_fill_(~alive, -math.inf)
         pieces = _top_k(flat, k).split([scores[name].numel() for name in group])
         for name, piece in zip(group, pieces, strict=True):
             mask[name] = piece.view(scores[name].shape)
     return mask
 
 
-def _check_no_revival(k: int, previous: Mask | None, names: list[str]) -> None:
-    """Asking for more weights than `previous` keeps would revive pruned ones: a caller's bug."""
-    available = k if previous is None else sum(int(previous[n].count_nonzero()) for n in names)
+def _check_no_revival(k: int, available: int, names: list[str]) -> None:
+    """Asking for more weights than the previous mask keeps would revive pruned ones: a caller's bug."""
     if k > available:
         where = names[0] if len(names) == 1 else f"{len(names)} layers"
         raise ValueError(

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anymask.data import iterate_batches
 from anymask.errors import AnymaskError
 from anymask.masks.allocate import mask_from_scores
 from anymask.masks.mask import Mask
@@ -91,8 +92,6 @@ def prune_indices(
 
 def prune_batches(context: PruneContext, method: str) -> list[Batch]:
     """The normalised prune images of a data-dependent scorer, in chunks, on the context's device."""
-    from anymask.data import iterate_batches
-
     data, config = context.data, context.config
     if data is None:
         raise AnymaskError(

@@ -194,7 +194,6 @@ def training_batches(context: RecipeContext, batch_size: int) -> Iterator[Batch]
             flip=data.flip,
             generator=generator,
             drop_last=True,
-            channels_last=context.channels_last,
         ):
             yield x.to(context.device), y.to(context.device)
 
@@ -215,8 +214,12 @@ class RescaledInit(RecipePart):
         if context.resuming:
             return
         masks = {n: m.to(context.device, torch.float32) for n, m in (context.mask or {}).items()}
+        # Double backward through channels_last convolutions is ~3x slower on CPU: run contiguous.
+        context.model.to(memory_format=torch.contiguous_format)
         batches = training_batches(context, self.config.gradinit_batch_size)
         self.scales = GradInit(context.model, self.config, masks).run(batches, context.config.train.progress)
+        if context.channels_last:
+            context.model.to(memory_format=torch.channels_last)
         if context.out_dir is not None:
             from anymask.io import atomic_write_text
 

@@ -32,7 +32,11 @@ from anymask.train.lr import SCHEDULES
 from anymask.train.trainer import Trainer
 
 CONFIG, MASK, METRICS, MODEL, SUMMARY = (
-    "config.json", "mask.safetensors", "metrics.jsonl", "model.safetensors", "summary.json",
+    "config.json",
+    "mask.safetensors",
+    "metrics.jsonl",
+    "model.safetensors",
+    "summary.json",
 )
 
 
@@ -84,7 +88,9 @@ def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
     if state == "foreign":
         raise AnymaskError(f"{out_dir} exists and is not an anymask run folder; choose another --out")
     if state == "interrupted" and not resume:
-        raise AnymaskError(f"{out_dir} holds an unfinished run; pass --resume to continue it, or choose another --out")
+        raise AnymaskError(
+            f"{out_dir} holds an unfinished run; pass --resume to continue it, or choose another --out"
+        )
     if state in {"interrupted", "finished"}:
         saved = load_run_config(out_dir / CONFIG)
         if saved.hash() != config.hash():
@@ -117,9 +123,15 @@ def run_experiment(
 
 def load_data(config: RunConfig, world: World) -> ImageDataset:
     """The run's dataset; under torchrun rank 0 downloads it before the other ranks read the folder."""
+
     def load(download: bool) -> ImageDataset:
-        return load_dataset(config.data.data, config.data.data_dir, download=download,
-                            val_split=config.data.val_split, train_subset=config.data.train_subset)
+        return load_dataset(
+            config.data.data,
+            config.data.data_dir,
+            download=download,
+            val_split=config.data.val_split,
+            train_subset=config.data.train_subset,
+        )
 
     data = load(config.data.download) if world.is_main else None
     barrier(world)
@@ -128,7 +140,12 @@ def load_data(config: RunConfig, world: World) -> ImageDataset:
 
 class _Run:
     def __init__(
-        self, config: RunConfig, out_dir: Path, data: ImageDataset, device: torch.device, world: World,
+        self,
+        config: RunConfig,
+        out_dir: Path,
+        data: ImageDataset,
+        device: torch.device,
+        world: World,
         resuming: bool,
     ) -> None:
         self.config, self.out_dir, self.data, self.device, self.world = config, out_dir, data, device, world
@@ -157,8 +174,13 @@ class _Run:
             if context_train is not None:
                 self.write_config()
             mask = make_mask(
-                model, self.config.mask, data=self.data, device=self.device, seed=self.config.train.seed,
-                train=context_train, out_dir=self.out_dir,
+                model,
+                self.config.mask,
+                data=self.data,
+                device=self.device,
+                seed=self.config.train.seed,
+                train=context_train,
+                out_dir=self.out_dir,
             )
         mask = broadcast_object(mask, self.world)
         assert isinstance(mask, Mask)
@@ -181,10 +203,14 @@ class _Run:
         save_config(self.config, self.out_dir / CONFIG)
         if start_step:
             saved = json.loads((self.out_dir / CONFIG).read_text())
-            atomic_write_text(self.out_dir / CONFIG, json.dumps({**saved, "start_step": start_step}, indent=2))
+            atomic_write_text(
+                self.out_dir / CONFIG, json.dumps({**saved, "start_step": start_step}, indent=2)
+            )
 
     # -- lottery ticket rounds: plain training of a copy of the model --------------------------------
-    def lth_round(self, mask: Mask, state: dict[str, torch.Tensor], start_step: int, capture_step: int | None):
+    def lth_round(
+        self, mask: Mask, state: dict[str, torch.Tensor], start_step: int, capture_step: int | None
+    ):
         from anymask.masks.lth import TrainedRound
 
         model = self.new_model()
@@ -199,13 +225,19 @@ class _Run:
                 captured["state"] = copy.deepcopy(model.state_dict())
 
         first_epoch = start_step // trainer.steps_per_epoch
-        bar = tqdm(total=trainer.total_steps - start_step, desc=f"lth round {mask.sparsity():.3f}",
-                   disable=not self.progress, leave=False)
+        bar = tqdm(
+            total=trainer.total_steps - start_step,
+            desc=f"lth round {mask.sparsity():.3f}",
+            disable=not self.progress,
+            leave=False,
+        )
         for epoch in range(first_epoch, epochs):
             trainer.train_epoch(epoch, start_step=start_step, on_step=capture, progress=bar)
         bar.close()
         accuracy, _ = trainer.evaluate(self.data.test_x, self.data.test_y)
-        return TrainedRound(state=copy.deepcopy(model.state_dict()), captured=captured.get("state"), test_acc=accuracy)
+        return TrainedRound(
+            state=copy.deepcopy(model.state_dict()), captured=captured.get("state"), test_acc=accuracy
+        )
 
     # -- the run ---------------------------------------------------------------------------------------
     def execute(self) -> RunResult:
@@ -219,12 +251,22 @@ class _Run:
         mask.apply(model)
         recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
         start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
-        recipe.prepare(RecipeContext(
-            model, mask, self.data, self.config, self.device, self.resuming, start_epoch,
-            self.config.train.channels_last, self.out_dir if self.world.is_main else None,
-        ))
-        trainer = Trainer(model, self.data, self.config, mask=mask, recipe=recipe, device=self.device,
-                          world=self.world)
+        recipe.prepare(
+            RecipeContext(
+                model,
+                mask,
+                self.data,
+                self.config,
+                self.device,
+                self.resuming,
+                start_epoch,
+                self.config.train.channels_last,
+                self.out_dir if self.world.is_main else None,
+            )
+        )
+        trainer = Trainer(
+            model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
+        )
         history: list[dict[str, Any]] = []
         if self.resuming:
             trainer.load_state_dict(self.checkpoint["trainer"])
@@ -236,8 +278,12 @@ class _Run:
 
     def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
         c = self.config.train
-        bar = tqdm(total=trainer.total_steps, initial=start_step, disable=not self.progress,
-                   desc=f"{self.config.model.model} {self.config.mask.mask_method} {self.config.mask.sparsity:g}")
+        bar = tqdm(
+            total=trainer.total_steps,
+            initial=start_step,
+            disable=not self.progress,
+            desc=f"{self.config.model.model} {self.config.mask.mask_method} {self.config.mask.sparsity:g}",
+        )
         for epoch in range(start_step // trainer.steps_per_epoch, c.epochs):
             stats = trainer.train_epoch(epoch, start_step=start_step, progress=bar)
             dropped = trainer.recipe.update(float(epoch + 1))  # evaluate the model as it now stands
@@ -247,8 +293,10 @@ class _Run:
             history.append(record)
             bar.set_postfix(loss=f"{stats.loss:.3f}", test=f"{record['test_acc']:.4f}")
             if self.world.is_main:
-                save_checkpoint(self.out_dir / CHECKPOINT,
-                                {"epoch": epoch + 1, "trainer": trainer.state_dict(), "history": history})
+                save_checkpoint(
+                    self.out_dir / CHECKPOINT,
+                    {"epoch": epoch + 1, "trainer": trainer.state_dict(), "history": history},
+                )
                 atomic_write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
             barrier(self.world)
         bar.close()
@@ -288,7 +336,9 @@ def nonzero_count(model: nn.Module, mask: Mask) -> int:
     return sum(int(model.get_parameter(name).count_nonzero()) for name in mask)
 
 
-def summarize(config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module) -> dict[str, Any]:
+def summarize(
+    config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module
+) -> dict[str, Any]:
     last = history[-1]
     # A model evaluated with ghost parts inside is not the architecture that ships: never pick it as best.
     final_model = [r for r in history if not r.get("ghost_phase")] or history
@@ -314,6 +364,9 @@ def summarize(config: RunConfig, mask: Mask, history: list[dict[str, Any]], mode
     }
     if "val_acc" in last:
         best_val = max(final_model, key=lambda r: r["val_acc"])
-        summary.update(best_val_acc=best_val["val_acc"], test_acc_at_best_val=best_val["test_acc"],
-                       best_val_epoch=best_val["epoch"])
+        summary.update(
+            best_val_acc=best_val["val_acc"],
+            test_acc_at_best_val=best_val["test_acc"],
+            best_val_epoch=best_val["epoch"],
+        )
     return summary

@@ -83,7 +83,10 @@ class Trainer:
         if extra:
             groups.append({"params": extra, "ghost": True})
         return torch.optim.SGD(
-            groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
+            groups,
+            lr=c.lr,
+            momentum=c.momentum,
+            nesterov=c.nesterov and c.momentum > 0,
             weight_decay=c.weight_decay,
         )
 
@@ -119,10 +122,20 @@ class Trainer:
     def batches(self, epoch: int):
         d, c = self.data, self.train_config
         return iterate_batches(
-            d.train_x, d.train_y, c.batch_size, mean=d.mean, std=d.std, shuffle=True,
-            augment=self.config.data.augment, crop_padding=d.crop_padding, flip=d.flip,
-            generator=epoch_generator(c.seed, epoch), drop_last=self.drop_last,
-            rank=self.world.rank, world_size=self.world.size, channels_last=c.channels_last,
+            d.train_x,
+            d.train_y,
+            c.batch_size,
+            mean=d.mean,
+            std=d.std,
+            shuffle=True,
+            augment=self.config.data.augment,
+            crop_padding=d.crop_padding,
+            flip=d.flip,
+            generator=epoch_generator(c.seed, epoch),
+            drop_last=self.drop_last,
+            rank=self.world.rank,
+            world_size=self.world.size,
+            channels_last=c.channels_last,
         )
 
     def train_epoch(
@@ -164,7 +177,9 @@ class Trainer:
         images = max(int(images), 1)
         return EpochStats(loss_total / images, correct_total / images, images, time.perf_counter() - begin)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(
+        self, images: torch.Tensor, labels: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         epoch_time = step / self.steps_per_epoch
         dropped = self.recipe.update(epoch_time)
         if dropped:
@@ -198,8 +213,14 @@ class Trainer:
         d = self.data
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         for x, y in iterate_batches(
-            images, labels, self.train_config.eval_batch_size, mean=d.mean, std=d.std, shuffle=False,
-            augment=False, channels_last=self.train_config.channels_last,
+            images,
+            labels,
+            self.train_config.eval_batch_size,
+            mean=d.mean,
+            std=d.std,
+            shuffle=False,
+            augment=False,
+            channels_last=self.train_config.channels_last,
         ):
             with self.autocast():
                 logits = self.model(x).float()

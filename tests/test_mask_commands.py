@@ -1,0 +1,107 @@
+"""`anymask prune`, `inspect` and `compare` from the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from anymask.masks import Mask
+
+
+def anymask(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "anymask", *args], capture_output=True, text=True)
+
+
+def prune(tmp_path: Path, method: str, sparsity: str = "0.9", *extra: str) -> Path:
+    out = tmp_path / f"{method}.safetensors"
+    result = anymask(
+        "prune",
+        "--model",
+        "cnn",
+        "--data",
+        "digits",
+        "--method",
+        method,
+        "--sparsity",
+        sparsity,
+        "--no-progress",
+        "--synflow-iterations",
+        "5",
+        *extra,
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "saved" in result.stdout
+    return out
+
+
+def test_prune_inspect_compare(tmp_path: Path) -> None:
+    snip, erk = prune(tmp_path, "snip"), prune(tmp_path, "erk")
+    a, b = Mask.load(snip), Mask.load(erk)
+    assert a.kept() == b.kept() == round(0.1 * a.total())
+
+    shown = anymask("inspect", str(snip), "--model", "cnn", "--data", "digits")
+    assert shown.returncode == 0, shown.stderr
+    assert "classifier.weight" in shown.stdout and "density plot:" in shown.stdout
+    assert (tmp_path / "snip_densities.png").stat().st_size > 5_000
+
+    compared = anymask("compare", str(snip), str(erk))
+    assert compared.returncode == 0, compared.stderr
+    overall = compared.stdout.strip().splitlines()[-1].split()
+    assert overall[0] == "all" and 0.0 <= float(overall[1]) < 1.0
+
+    same = anymask("compare", str(snip), str(snip))
+    assert same.stdout.strip().splitlines()[-1].split()[1:3] == ["1.0000", "0"]
+
+
+def test_pruned_mask_trains_with_the_same_initialisation(tmp_path: Path) -> None:
+    """`prune` seeds the model as `train` does, so a magnitude mask fits the weights it was made on."""
+    mask_path = prune(tmp_path, "magnitude", "0.5")
+    run = tmp_path / "run"
+    result = anymask(
+        "train",
+        "--model",
+        "cnn",
+        "--mask",
+        str(mask_path),
+        "--epochs",
+        "1",
+        "--train-subset",
+        "64",
+        "--no-progress",
+        "--out",
+        str(run),
+    )
+    assert result.returncode == 0, result.stderr
+    saved = Mask.load(run / "mask.safetensors")
+    original = Mask.load(mask_path)
+    assert all(torch.equal(saved[n], original[n]) for n in original)
+
+
+def test_prune_bad_input(tmp_path: Path) -> None:
+    for args, message in [
+        (["--method", "bogus"], "unknown mask method 'bogus'"),
+        (["--method", "snip", "--sparsity", "1.0"], "outside [0, 1)"),
+        (["--method", "snip", "--out", str(tmp_path / "mask.txt")], "must end in .safetensors or .pt"),
+    ]:
+        argv = [
+            "prune",
+            "--model",
+            "cnn",
+            "--data",
+            "digits",
+            "--sparsity",
+            "0.5",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            *args,
+        ]
+        result = anymask(*argv)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+    missing = anymask("inspect", str(tmp_path / "none.safetensors"))
+    assert missing.returncode == 2 and "not found" in missing.stderr

@@ -1,0 +1,133 @@
+"""Reports from hand-made run folders: grouping, mean ± std, paired gains, files written and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from anymask.config import RunConfig, save_config
+from anymask.errors import AnymaskError
+from anymask.experiments.report import collect_runs, markdown_table, write_report
+
+
+def make_run(root: Path, mask: str, sparsity: float, recipe: str, seed: int, final: float, best: float,
+             **settings: object) -> Path:
+    """A finished run folder as anymask.train.run leaves it (no weights: the report never reads them)."""
+    config = RunConfig.from_flat({"mask_method": mask, "sparsity": sparsity, "recipe": recipe, "seed": seed,
+                                  "epochs": 3, **settings})
+    folder = root / config.hash()
+    folder.mkdir(parents=True)
+    save_config(config, folder / "config.json")
+    curve = [final / 2, best, final]
+    records = [{"epoch": e + 1, "test_acc": acc, "seconds": 1.0} for e, acc in enumerate(curve)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {
+        "model": "cnn", "data": "digits", "mask_method": mask, "sparsity": sparsity, "recipe": recipe,
+        "seed": seed, "epochs": 3, "final_test_acc": final, "best_test_acc": best, "best_test_epoch": 2,
+        "mask_kept": 10, "mask_total": 100, "mask_density": 1 - sparsity, "nonzero_weights": 10,
+        "train_seconds": 3.0 + seed, "config_hash": config.hash(),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+DEFAULT = {0: (0.80, 0.82), 1: (0.84, 0.85), 2: (0.82, 0.86)}
+TOST = {0: (0.85, 0.86), 1: (0.86, 0.88)}  # seed 2 missing: the gain pairs seeds 0 and 1 only
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for seed, (final, best) in DEFAULT.items():
+        make_run(root, "snip", 0.9, "default", seed, final, best)
+    for seed, (final, best) in TOST.items():
+        make_run(root / "nested" / "deeper", "snip", 0.9, "tost", seed, final, best)
+    make_run(root, "random", 0.98, "default", 0, 0.5, 0.6)
+    make_run(root, "random", 0.98, "tost", 5, 0.6, 0.6)  # no common seed: difference of means
+    return root
+
+
+def table_cells(markdown: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("|")]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_mean_std_and_paired_gain(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_report([runs], tmp_path / "report")
+    rows = {(r["mask"], r["recipe"]): r for r in read_csv(tmp_path / "report" / "results.csv")}
+    default, tost = rows["snip", "default"], rows["snip", "tost"]
+    finals = [f for f, _ in DEFAULT.values()]
+    assert (default["n"], default["seeds"]) == ("3", "0;1;2")
+    assert float(default["final_test_acc_mean"]) == pytest.approx(statistics.fmean(finals), abs=1e-6)
+    assert float(default["final_test_acc_std"]) == pytest.approx(statistics.stdev(finals), abs=1e-6)
+    assert float(tost["final_gain"]) == pytest.approx(((0.85 - 0.80) + (0.86 - 0.84)) / 2, abs=1e-6)
+    assert float(tost["best_gain"]) == pytest.approx(((0.86 - 0.82) + (0.88 - 0.85)) / 2, abs=1e-6)
+    assert tost["gain_seeds"] == "2" and default["final_gain"] == ""
+    unpaired = rows["random", "tost"]
+    assert unpaired["gain_seeds"] == "0" and float(unpaired["final_gain"]) == pytest.approx(0.1, abs=1e-6)
+    assert unpaired["final_test_acc_std"] == ""  # one seed: no spread
+
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    table = table_cells(markdown)
+    assert table[0] == ["mask", "sparsity", "default final", "default best", "tost final", "tost best",
+                        "tost gain"]
+    assert table[2:] == [
+        ["random", "98%", "50.00 (1)", "60.00 (1)", "60.00 (1)", "60.00 (1)", "+10.00 (unpaired)"],
+        ["snip", "90%", "82.00 ± 2.00 (3)", "84.33 ± 2.08 (3)", "85.50 ± 0.71 (2)", "87.00 ± 1.41 (2)",
+         "+3.50 (2)"],
+    ]
+    printed = capsys.readouterr().out
+    assert "## cnn on digits" in printed and "82.00 ± 2.00 (3)" in printed
+    assert str(tmp_path / "report" / "accuracy_vs_sparsity_cnn_digits.png") in printed
+
+
+def test_report_writes_plots_and_keeps_times_apart(runs: Path, tmp_path: Path) -> None:
+    files = write_report([runs], tmp_path / "report")
+    names = {path.name for path in files}
+    assert {"report.md", "results.csv", "timings.csv", "accuracy_vs_sparsity_cnn_digits.png",
+            "learning_curves_cnn_digits.png"} <= names
+    assert "densities_cnn_digits.png" not in names  # hand-made folders have no mask files
+    for name in names - {"report.md", "results.csv", "timings.csv"}:
+        assert (tmp_path / "report" / name).read_bytes().startswith(b"\x89PNG")
+    assert "train_seconds" not in (tmp_path / "report" / "results.csv").read_text()
+    timings = read_csv(tmp_path / "report" / "timings.csv")
+    assert {(t["mask"], t["recipe"]): t["train_seconds_mean"] for t in timings}["snip", "default"] == "4.0"
+
+
+def test_other_varying_settings_split_tables(tmp_path: Path) -> None:
+    for lr in (0.1, 0.2):
+        make_run(tmp_path / "runs", "snip", 0.9, "default", 0, 0.8, 0.8, lr=lr)
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## cnn on digits (lr=0.1)" in markdown and "## cnn on digits (lr=0.2)" in markdown
+    assert (tmp_path / "report" / "learning_curves_cnn_digits_lr=0.2.png").is_file()
+
+
+def test_a_run_reached_twice_counts_once(runs: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(runs / "nested", copy)
+    with pytest.warns(UserWarning, match="the same run as"):
+        collected = collect_runs([runs, copy, runs / "nested"])
+    assert len(collected) == 7
+
+
+def test_no_finished_runs_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnymaskError, match="no finished runs"):
+        write_report([tmp_path / "empty"], tmp_path / "report")
+
+
+def test_markdown_table_pads_columns() -> None:
+    assert markdown_table(["a", "long"], [["xyz", "1"]]).splitlines() == [
+        "| a   | long |", "| --- | ---- |", "| xyz | 1    |",
+    ]
