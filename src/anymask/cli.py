@@ -214,8 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"anymask: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("anymask: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        again = "with --resume" if args.command == "train" else "again"
+        print(f"anymask: interrupted; run the same command {again} to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

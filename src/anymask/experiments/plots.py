@@ -12,6 +12,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.axes import Axes
@@ -43,24 +44,40 @@ def recipe_color(table: Table, recipe: str) -> str:
     return COLORS[table.recipes.index(recipe) % len(COLORS)]
 
 
-def _grid(count: int, max_columns: int, panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
-    """A figure of `count` panels, wrapped after `max_columns`; unused panels are hidden."""
-    columns = min(count, max_columns)
-    rows = math.ceil(count / columns)
+def _panels(cells: list[tuple[int, int]], panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure with a panel at each (row, column) of `cells`, sharing the y axis; other slots stay empty."""
+    rows, columns = max(r for r, _ in cells) + 1, max(c for _, c in cells) + 1
     figure = Figure(figsize=(panel[0] * columns, panel[1] * rows + 0.9), layout="constrained")
-    axes = list(figure.subplots(rows, columns, squeeze=False, sharey=True).flat)
-    for ax in axes[count:]:
+    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    for ax in grid.flat:
         ax.set_visible(False)
-    return figure, axes[:count]
+    axes = [grid[r][c] for r, c in cells]
+    for ax in axes:
+        ax.set_visible(True)
+    return figure, axes
 
 
-def _finish(figure: Figure, axes: list[Axes], title: str) -> None:
-    """Shared title, one legend for all panels (below them), light grid."""
+def _wrapped(count: int, max_columns: int) -> list[tuple[int, int]]:
+    columns = min(count, max_columns)
+    return [divmod(i, columns) for i in range(count)]
+
+
+def _finish(figure: Figure, axes: list[Axes], title: str, ylabel: str) -> None:
+    """Shared title, y label and ticks on each row's first panel, one legend below all panels, light grid."""
+    rows_labelled: set[int] = set()
+    legend: dict[str, Any] = {}
     for ax in axes:
         ax.grid(True, alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
+        row = ax.get_subplotspec().rowspan.start
+        if row not in rows_labelled:
+            rows_labelled.add(row)
+            ax.set_ylabel(ylabel)
+            ax.tick_params(labelleft=True)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
     figure.suptitle(title, fontsize=12)
-    figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), frameon=False)
+    columns = min(len(legend), max(1, int(figure.get_figwidth() // 2)))  # ~2 inches per legend entry
+    figure.legend(legend.values(), legend, loc="outside lower center", ncol=columns, frameon=False)
 
 
 # -- accuracy vs sparsity ------------------------------------------------------------------------------
@@ -70,7 +87,7 @@ def accuracy_vs_sparsity(table: Table) -> Figure | None:
     if not masks:
         return None
     sparsities = sorted({g.sparsity for g in table.groups if g.mask != "dense"})
-    figure, axes = _grid(len(masks), 3, (4.2, 3.4))
+    figure, axes = _panels(_wrapped(len(masks), 3), (4.2, 3.4))
     for ax, mask in zip(axes, masks, strict=True):
         for recipe in table.recipes:
             _accuracy_line(ax, table, mask, recipe, sparsities)
@@ -79,8 +96,8 @@ def accuracy_vs_sparsity(table: Table) -> Figure | None:
         ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
         ax.set_xlim(-0.4, len(sparsities) - 0.6)
         ax.set_xlabel("sparsity (weights removed)")
-    axes[0].set_ylabel("final test accuracy (%)")
-    _finish(figure, axes, f"{table.title}: final test accuracy vs sparsity (mean ± std over seeds)")
+    title = f"{table.title}: final test accuracy vs sparsity (mean ± std over seeds)"
+    _finish(figure, axes, title, "final test accuracy (%)")
     return figure
 
 
@@ -108,8 +125,10 @@ def _percent_stats(values: Sequence[float]) -> tuple[float, float]:
 
 # -- learning curves -----------------------------------------------------------------------------------
 def learning_curves(table: Table) -> Figure:
-    """Test accuracy after each epoch: one panel per mask and sparsity, one line per recipe (± std band)."""
-    figure, axes = _grid(len(table.rows), 4, (3.6, 2.9))
+    """Test accuracy after each epoch: a row per mask, a panel per sparsity, a line per recipe (± std)."""
+    sparsities = sorted({s for m, s in table.rows if m != "dense"})
+    cells = [(table.masks.index(m), sparsities.index(s) if m != "dense" else 0) for m, s in table.rows]
+    figure, axes = _panels(cells, (3.6, 2.9))
     for ax, (mask, sparsity) in zip(axes, table.rows, strict=True):
         for recipe in table.recipes:
             group = table.group(mask, sparsity, recipe)
@@ -118,9 +137,8 @@ def learning_curves(table: Table) -> Figure:
         ax.set_title(mask if mask == "dense" else f"{mask}, {sparsity_label(sparsity)} sparse")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in axes[:: min(len(axes), 4)]:
-        ax.set_ylabel("test accuracy (%)")
-    _finish(figure, axes, f"{table.title}: test accuracy during training (mean over seeds)")
+    title = f"{table.title}: test accuracy during training (mean over seeds)"
+    _finish(figure, axes, title, "test accuracy (%)")
     return figure
 
 
@@ -157,9 +175,16 @@ def densities(table: Table) -> Figure | None:
     names = _model_order(table, {name for densities in layers.values() for name in densities})
     figure = Figure(figsize=(min(18.0, max(7.0, 0.3 * len(names) + 2)), 4.8), layout="constrained")
     ax = figure.subplots()
+    floor = min(d for density in layers.values() for d in density.values() if d > 0) / 2
     for i, (mask, density) in enumerate(layers.items()):
-        ax.plot(range(len(names)), [density.get(n, math.nan) for n in names], marker="o", markersize=4,
-                linewidth=1.2, color=COLORS[i % len(COLORS)], label=mask)
+        values = [density.get(n, math.nan) for n in names]
+        color = COLORS[i % len(COLORS)]
+        ax.plot(range(len(names)), [v if v > 0 else math.nan for v in values], marker="o", markersize=4,
+                linewidth=1.2, color=color, label=mask)
+        collapsed = [x for x, v in enumerate(values) if v == 0]
+        if collapsed:  # log scale has no 0: mark layers left without weights at the bottom
+            ax.scatter(collapsed, [floor] * len(collapsed), marker="x", s=60, color=color,
+                       label=f"{mask}: layer with no weights")
     ax.axhline(1 - sparsity, color="black", linestyle=":", linewidth=1, label="overall density")
     ax.set_yscale("log")
     ax.set_ylim(top=1.3)  # always show the 100% tick: dense layers are the reference
@@ -168,9 +193,8 @@ def densities(table: Table) -> Figure | None:
     ax.set_xticks(range(len(names)), [n.removesuffix(".weight") for n in names], rotation=90 if many else 0,
                   fontsize=7 if many else 9)
     ax.set_xlabel("layer (input to output)")
-    ax.set_ylabel("weights kept in the layer (log scale)")
     title = f"{table.title}: per-layer density of each mask at {sparsity_label(sparsity)} sparsity"
-    _finish(figure, [ax], title)
+    _finish(figure, [ax], title, "weights kept in the layer (log scale)")
     return figure
 
 

@@ -26,11 +26,15 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from anymask.config import SECTIONS, RunConfig, _parse_file, coerce, section_of
+from anymask.data import ImageDataset, load_dataset
 from anymask.errors import AnymaskError
+from anymask.experiments.report import markdown_table
 from anymask.io import atomic_write_text
+from anymask.train.run import folder_state, run_experiment, validate
 
 RECORD = "sweep.json"
 TOP_LEVEL = ("out", "base", "grid")
@@ -57,8 +61,6 @@ class PlannedRun:
 
     @property
     def state(self) -> str:
-        from anymask.train.run import folder_state
-
         return folder_state(self.folder)
 
 
@@ -77,8 +79,6 @@ class Sweep:
 
     def plan(self, out: Path) -> list[PlannedRun]:
         """Every run with its folder, each checked as `anymask train` would before anything is written."""
-        from anymask.train.run import validate
-
         base = RunConfig.from_flat(self.base)
         runs = []
         for values in self.points():
@@ -199,8 +199,6 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
 
 def plan_table(runs: list[PlannedRun], out: Path) -> str:
     """The dry-run listing: one row per run with its folder name, grid values and state."""
-    from anymask.experiments.report import markdown_table
-
     keys = list(runs[0].values) if runs else []
     rows = [[run.folder.name, *(str(v) for v in run.values.values()), run.state] for run in runs]
     states = [run.state for run in runs]
@@ -221,8 +219,6 @@ def gpu_slots(runs: list[PlannedRun]) -> list[str | None]:
     Pinning by environment, not by the `device` setting, keeps `device` (which is hashed) the same for
     every run, so a run's folder does not depend on which worker happened to train it.
     """
-    import torch
-
     count = torch.cuda.device_count()
     if count < 2 or any(run.config.train.device not in {"auto", "cuda"} for run in runs):
         return [None]
@@ -289,12 +285,16 @@ class _Pool:
         return done
 
     def close(self) -> None:
-        """Stop idle workers politely and kill busy ones (their runs resume next time)."""
+        """Stop idle workers politely and interrupt busy ones (their runs resume next time)."""
         for worker in self.idle:
-            worker.stop()
+            with contextlib.suppress(OSError):  # a worker that died while idle
+                worker.conn.send(None)
         for worker in self.busy:
-            worker.process.kill()
-            worker.process.join()
+            worker.process.terminate()
+        for worker in [*self.idle, *self.busy]:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
 
 
 @dataclass(eq=False)
@@ -318,13 +318,6 @@ class _Worker:
             self.process.join()
             return f"worker process died (exit code {self.process.exitcode}) while training this run"
 
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):  # already gone
-            self.conn.send(None)
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-
 
 # -- inside a worker process ---------------------------------------------------------------------------
 def _worker_main(conn: Connection, gpu: str | None) -> None:
@@ -332,9 +325,15 @@ def _worker_main(conn: Connection, gpu: str | None) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the first CUDA call of this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it stops the workers
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     _exit_with_parent()
     while (task := conn.recv()) is not None:
         conn.send(_train(*task))
+
+
+def _exit_cleanly(*_: Any) -> None:
+    """SIGTERM from the sweep: exit through Python, so multiprocessing releases what it holds."""
+    raise SystemExit(1)
 
 
 def _exit_with_parent() -> None:
@@ -352,8 +351,6 @@ def _exit_with_parent() -> None:
 
 def _train(config: RunConfig, folder: Path) -> str | None:
     """Train (or resume) one run; None on success, else the message to show (a traceback for bugs)."""
-    from anymask.train import run_experiment
-
     try:
         d = config.data
         data = _dataset(d.data, d.data_dir, d.download, d.val_split, d.train_subset)
@@ -366,7 +363,7 @@ def _train(config: RunConfig, folder: Path) -> str | None:
 
 
 @lru_cache(maxsize=1)  # consecutive runs of a grid share their dataset; keep one in memory, not all
-def _dataset(name: str, data_dir: str, download: bool, val_split: int, train_subset: int | None) -> Any:
-    from anymask.data import load_dataset
-
+def _dataset(
+    name: str, data_dir: str, download: bool, val_split: int, train_subset: int | None
+) -> ImageDataset:
     return load_dataset(name, data_dir, download=download, val_split=val_split, train_subset=train_subset)

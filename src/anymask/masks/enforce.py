@@ -20,7 +20,9 @@ class MaskEnforcer:
     def __init__(self, model: nn.Module, mask: Mask, optimizer: torch.optim.Optimizer | None = None) -> None:
         mask.check_fits(model)
         self.params = [model.get_parameter(name) for name in mask]
-        self.factors = [mask[name].to(p.device, p.dtype) for name, p in zip(mask, self.params, strict=True)]
+        # factors share each weight's layout (channels_last too): _foreach_mul_ stays on its fast path
+        pairs = zip(mask, self.params, strict=True)
+        self.factors = [torch.empty_like(p).copy_(mask[name]) for name, p in pairs]
         self._handles: list[RemovableHandle] = []
         self.zero_weights()
         if optimizer is not None:

@@ -23,7 +23,7 @@ from anymask.config import RunConfig, load_run_config, save_config
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
-from anymask.masks import Mask, check_sparsity, make_mask
+from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.models import MODELS, create_model
 from anymask.recipe import Recipe, RecipeContext, parse_recipe
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
@@ -49,7 +49,10 @@ class RunResult:
 
 def validate(config: RunConfig) -> None:
     """Every check that needs no data or model, so bad flags fail before anything is written."""
+    import anymask.masks.catalog  # noqa: F401  (registers every mask method)
+
     check_sparsity(config.mask.sparsity)
+    METHODS.get("file" if config.mask.mask_file else config.mask.mask_method)
     MODELS.get(config.model.model)
     DATASETS.get(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
