@@ -157,7 +157,7 @@ def synflow_scores(
     reference = next(iter(params.values()))
     x = torch.ones((1, *input_shape), dtype=reference.dtype, device=reference.device)
     grads = gradients(model(x).sum(), params)
-    return {name: (grads[name] * p).detach().abs() for name, p in params.items()}
+    return {name: (grads[name] * p).detach().abs_() for name, p in params.items()}
 
 
 @torch.no_grad()
@@ -170,7 +170,7 @@ def make_nonnegative(model: nn.Module) -> None:
 @torch.no_grad()
 def zero_pruned(params: Mapping[str, nn.Parameter], mask: Mask) -> None:
     for name, p in params.items():
-        p.mul_(mask[name].to(p.device, p.dtype))
+        p.masked_fill_(~mask[name].to(p.device), 0)
 
 
 def input_shape_of(context: PruneContext) -> tuple[int, ...]:
