@@ -1,7 +1,7 @@
 """Datasets as in-memory uint8 tensors, and fast device-side batching with augmentation."""
 
 from anymask.data.base import DATASETS, ImageDataset
-from anymask.data.batches import iterate_batches, num_batches
+from anymask.data.batches import iterate_batches, num_batches, shuffled_train_batches
 from anymask.data.download import ARCHIVES, Archive, download_and_extract
 from anymask.data.load import load_dataset
 
@@ -14,4 +14,5 @@ __all__ = [
     "iterate_batches",
     "load_dataset",
     "num_batches",
+    "shuffled_train_batches",
 ]

@@ -8,11 +8,15 @@ the epoch exactly.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from anymask.errors import AnymaskError
+
+if TYPE_CHECKING:
+    from anymask.data.base import ImageDataset
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -103,3 +107,27 @@ def _crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padd
     rows = torch.arange(h, device=x.device) + offsets[:, :1]  # [B, H]
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, padded.shape[3]))
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def shuffled_train_batches(
+    data: ImageDataset,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    augment: bool = True,
+    **options: object,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled batches of the training split with the dataset's own crop and flip."""
+    return iterate_batches(
+        data.train_x,
+        data.train_y,
+        batch_size,
+        mean=data.mean,
+        std=data.std,
+        shuffle=True,
+        augment=augment,
+        crop_padding=data.crop_padding,
+        flip=data.flip,
+        generator=generator,
+        **options,  # type: ignore[arg-type]
+    )

@@ -176,24 +176,14 @@ class GradInit:
 
 def training_batches(context: RecipeContext, batch_size: int) -> Iterator[Batch]:
     """Endless augmented training batches, drawn from a generator seeded with the run's seed."""
-    from anymask.data import iterate_batches
+    from anymask.data import shuffled_train_batches
 
     data = context.data
     generator = torch.Generator().manual_seed(context.config.train.seed)
     size = min(batch_size, len(data.train_y))
     while True:
-        for x, y in iterate_batches(
-            data.train_x,
-            data.train_y,
-            size,
-            mean=data.mean,
-            std=data.std,
-            shuffle=True,
-            augment=context.config.data.augment,
-            crop_padding=data.crop_padding,
-            flip=data.flip,
-            generator=generator,
-            drop_last=True,
+        for x, y in shuffled_train_batches(
+            data, size, generator, augment=context.config.data.augment, drop_last=True
         ):
             yield x.to(context.device), y.to(context.device)
 

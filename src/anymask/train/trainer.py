@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from anymask.config import RunConfig
-from anymask.data import ImageDataset, iterate_batches, num_batches
+from anymask.data import ImageDataset, iterate_batches, num_batches, shuffled_train_batches
 from anymask.errors import AnymaskError
 from anymask.masks import Mask, MaskEnforcer
 from anymask.recipe import Recipe
@@ -120,18 +120,12 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
     def batches(self, epoch: int):
-        d, c = self.data, self.train_config
-        return iterate_batches(
-            d.train_x,
-            d.train_y,
+        c = self.train_config
+        return shuffled_train_batches(
+            self.data,
             c.batch_size,
-            mean=d.mean,
-            std=d.std,
-            shuffle=True,
+            epoch_generator(c.seed, epoch),
             augment=self.config.data.augment,
-            crop_padding=d.crop_padding,
-            flip=d.flip,
-            generator=epoch_generator(c.seed, epoch),
             drop_last=self.drop_last,
             rank=self.world.rank,
             world_size=self.world.size,
