@@ -53,7 +53,13 @@ def launch(args: list[str], *, ranks: int) -> subprocess.CompletedProcess[str]:
     if ranks > 1:
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                      "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    command = [*launcher, *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    if result.returncode != 0 and "terminate called without an active" in result.stdout + result.stderr:
+        # A rare native crash of a torch 2.13 CPU child process (about one suite run in five here,
+        # never reproduced in isolation): one more launch, with every assertion kept.
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+    return result
 
 
 def check(result: subprocess.CompletedProcess[str]) -> None:
