@@ -162,3 +162,13 @@ def test_dense_resnet20_on_real_cifar(shared_data: Path, tmp_path: Path) -> None
         }
     )
     assert run_experiment(config, tmp_path / "run").summary["final_test_acc"] >= 0.75
+
+
+def test_lottery_ticket_with_epoch_rewind_runs_its_rounds(tmp_path: Path) -> None:
+    """lth inside `train`: rounds follow 1 - 0.8^k and a rewind point in epochs is understood."""
+    config = quick_config(mask_method="lth", sparsity=0.36, lth_rewind="1ep", epochs=2)
+    result = run_experiment(config, tmp_path / "run")
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "lth_rounds.jsonl").read_text().splitlines()]
+    assert [r["sparsity"] for r in rounds] == pytest.approx([0.2, 0.36], abs=1e-4)
+    assert result.summary["mask_kept"] == round(0.64 * result.summary["mask_total"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["start_step"] == 4  # 256 / 64

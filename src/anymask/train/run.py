@@ -184,6 +184,7 @@ class _Run:
                 seed=self.config.train.seed,
                 train=context_train,
                 out_dir=self.out_dir,
+                extras={"steps_per_epoch": self.steps_per_epoch()},
             )
         mask = broadcast_object(mask, self.world)
         assert isinstance(mask, Mask)
