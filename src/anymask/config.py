@@ -226,17 +226,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise AnymaskError(f"config file not found: {path}")
-    raw = _parse_file(path)
-    if not isinstance(raw, dict):
-        raise AnymaskError(f"config file {path} must hold a table of settings")
+    return flat_settings(parse_file(path), f"config file {path}")
+
+
+def flat_settings(table: Any, where: str) -> dict[str, Any]:
+    """Flat keys from a table of settings; section sub-tables ([train], [base.train]) are optional."""
+    if not isinstance(table, dict):
+        raise AnymaskError(f"{where} must be a table of settings")
     flat: dict[str, Any] = {}
-    for key, value in raw.items():
+    for key, value in table.items():
         if key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
-                if section_of(sub_key) != key:
-                    raise AnymaskError(
-                        f"config key '{sub_key}' belongs in [{section_of(sub_key)}], not [{key}]"
-                    )
+                if (right := section_of(sub_key)) != key:
+                    raise AnymaskError(f"config key '{sub_key}' belongs in [{right}], not [{key}]")
                 flat[sub_key] = sub_value
         else:
             section_of(key)
@@ -244,7 +246,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return flat
 
 
-def _parse_file(path: Path) -> Any:
+def parse_file(path: Path) -> Any:
     text = path.read_text()
     try:
         if path.suffix in {".yaml", ".yml"}:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anymask.config import SECTIONS, RunConfig, _parse_file, coerce, section_of
+from anymask.config import RunConfig, coerce, flat_settings, parse_file, section_of
 from anymask.data import ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.experiments.report import markdown_table
@@ -107,7 +107,7 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise AnymaskError(f"sweep file not found: {path}")
-    raw = _parse_file(path)
+    raw = parse_file(path)
     try:
         return _sweep_from_table(raw, path.stem)
     except AnymaskError as error:
@@ -123,8 +123,8 @@ def _sweep_from_table(raw: Any, name: str) -> Sweep:
     out = raw.get("out")
     if out is not None and not isinstance(out, str):
         raise AnymaskError(f"'out' expects a folder name, got {out!r}")
-    base = {key: coerce(key, value) for key, value in _flat_settings(raw.get("base", {}), "[base]").items()}
-    grid = {key: _grid_values(key, v) for key, v in _flat_settings(raw.get("grid", {}), "[grid]").items()}
+    base = {key: coerce(key, value) for key, value in flat_settings(raw.get("base", {}), "[base]").items()}
+    grid = {key: _grid_values(key, v) for key, v in flat_settings(raw.get("grid", {}), "[grid]").items()}
     for key in grid:
         if key in base:
             raise AnymaskError(f"'{key}' is set in both [base] and [grid]; keep one")
@@ -137,23 +137,6 @@ def _top_level_hint(key: str) -> str:
     except AnymaskError:
         return f"unknown key '{key}'; a sweep file holds out, [base] and [grid]"
     return f"setting '{key}' is at the top level; put it under [base] (or a list of values under [grid])"
-
-
-def _flat_settings(table: Any, where: str) -> dict[str, Any]:
-    """Flat keys from a table of settings, accepting section sub-tables such as [base.train]."""
-    if not isinstance(table, dict):
-        raise AnymaskError(f"{where} must be a table of settings")
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in SECTIONS and isinstance(value, dict):
-            for sub_key, sub_value in value.items():
-                if (right := section_of(sub_key)) != key:
-                    raise AnymaskError(f"{where} key '{sub_key}' belongs in [{right}], not [{key}]")
-                flat[sub_key] = sub_value
-        else:
-            section_of(key)
-            flat[key] = value
-    return flat
 
 
 def _grid_values(key: str, values: Any) -> list[Any]:
