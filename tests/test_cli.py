@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from anymask.cli import build_parser, resolve_config
+from anymask.cli import build_parser, main, resolve_config
 from anymask.config import RunConfig, read_config_file
 from anymask.errors import AnymaskError
 
@@ -47,6 +47,37 @@ def test_config_hash_ignores_display_settings() -> None:
     base = RunConfig()
     assert base.hash() == base.updated({"progress": False, "threads": 1}).hash()
     assert base.hash() != base.updated({"sparsity": 0.5}).hash()
+
+
+@pytest.mark.parametrize(
+    ("run", "inert", "read"),
+    [
+        ({"recipe": "default"}, {"ghost_epochs": 3, "gradinit_lr": 0.5, "ls_alpha": 0.3}, None),
+        ({"recipe": "gsn"}, {"gsc_mode": "learned"}, {"ghost_epochs": 3, "gsn_soft": "mish"}),
+        ({"recipe": "lrsi"}, {"ghost_schedule": "step"}, {"gradinit_iterations": 7}),
+        ({"recipe": "ls"}, {"ghost_epochs": 3}, {"ls_alpha": 0.3}),
+        ({"recipe": "ls", "ls_schedule": "ghost"}, {"gsn_soft": "mish"}, {"ghost_epochs": 3}),
+        ({"mask_method": "erk", "sparsity": 0.9}, {"lth_rate": 0.5, "synflow_iterations": 3}, None),
+        ({"mask_method": "snip", "sparsity": 0.9}, {"float64": True}, {"prune_samples_per_class": 2}),
+        ({"mask_method": "lth", "sparsity": 0.9}, {"prune_balanced": False}, {"lth_rewind": "2ep"}),
+    ],
+)
+def test_config_hash_leaves_out_settings_the_run_never_reads(
+    run: dict[str, object], inert: dict[str, object], read: dict[str, object] | None
+) -> None:
+    """Two configs that train the same share a folder; a setting the run reads still splits them."""
+    base = RunConfig().updated(run)
+    assert base.updated(inert).hash() == base.hash()
+    if read is not None:
+        assert base.updated(read).hash() != base.hash()
+
+
+@pytest.mark.parametrize("command", ["train", "prune", "sweep", "report", "demo", "inspect", "compare"])
+def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: anymask" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,34 @@ def test_other_varying_settings_split_tables(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "learning_curves_cnn_digits_lr=0.2.png").is_file()
 
 
+def test_a_setting_only_some_runs_read_does_not_split_their_baseline(tmp_path: Path) -> None:
+    """Default runs read no ghost setting, so they are the baseline of each ghost_epochs table, and an
+    lth run's lth_epochs, which no other run reads, does not split anything."""
+    root = tmp_path / "runs"
+    make_run(root, "snip", 0.9, "default", 0, 0.80, 0.80)
+    make_run(root, "snip", 0.9, "tost", 0, 0.83, 0.83, ghost_epochs=1)
+    make_run(root, "snip", 0.9, "tost", 0, 0.79, 0.79, ghost_epochs=2)
+    make_run(root, "lth", 0.9, "default", 0, 0.70, 0.70, lth_epochs=1)
+    write_report([root], tmp_path / "report")
+    rows = read_csv(tmp_path / "report" / "results.csv")
+    gains = {(r["setting"], r["mask"], r["recipe"]): r for r in rows}
+    assert {r["setting"] for r in rows} == {"ghost_epochs=1.0", "ghost_epochs=2.0"}
+    assert float(gains["ghost_epochs=1.0", "snip", "tost"]["final_gain"]) == pytest.approx(0.03)
+    assert float(gains["ghost_epochs=2.0", "snip", "tost"]["final_gain"]) == pytest.approx(-0.01)
+    assert ("ghost_epochs=2.0", "lth", "default") in gains
+
+
+def test_kept_runs_rebuild_the_same_report(runs: Path, tmp_path: Path) -> None:
+    write_report([runs], tmp_path / "report", keep_runs=True)
+    kept = tmp_path / "report" / "runs"
+    files = {p.name for p in next(kept.iterdir()).iterdir()}
+    assert files == {"config.json", "metrics.jsonl", "summary.json"}
+    shutil.rmtree(runs)  # the run folders are gone (a fresh machine); the kept files are enough
+    write_report([kept], tmp_path / "rebuilt", keep_runs=True)
+    for name in ("report.md", "results.csv"):
+        assert (tmp_path / "rebuilt" / name).read_text() == (tmp_path / "report" / name).read_text()
+
+
 def test_a_run_reached_twice_counts_once(runs: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(runs / "nested", copy)

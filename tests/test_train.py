@@ -19,6 +19,7 @@ from anymask.errors import AnymaskError
 from anymask.masks import Mask
 from anymask.models import create_model
 from anymask.train import run_experiment
+from anymask.train.lock import run_folder_lock
 from anymask.train.lr import lr_at
 
 QUICK = {
@@ -79,6 +80,17 @@ def test_finished_run_is_skipped(tmp_path: Path) -> None:
     assert again.skipped
     with pytest.raises(AnymaskError, match="different config"):
         run_experiment(config.updated({"lr": 0.01}), tmp_path / "run")
+
+
+def test_a_run_folder_trains_in_one_process_at_a_time(tmp_path: Path) -> None:
+    config = quick_config(epochs=1)
+    folder = tmp_path / "sweep" / "run"
+    with run_folder_lock(folder):  # another process (a second sweep) is training this run
+        with pytest.raises(AnymaskError, match="being trained by another process"):
+            run_experiment(config, folder)
+        assert not folder.exists()
+    assert run_experiment(config, folder).summary["epochs"] == 1
+    assert [p.name for p in folder.parent.iterdir()] == ["run"]  # the lock file is gone
 
 
 def _train_command(out: Path, epochs: int) -> list[str]:

@@ -41,7 +41,7 @@ def add_config_flags(parser: argparse.ArgumentParser, keys: Sequence[str] | None
     for key in keys or list(types):
         hint = types[key]
         default = getattr(RunConfig(), _section(key)).__dict__[key]
-        text = f"{helps.get(key, '')} (default: {default})"
+        text = f"{helps.get(key, '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if hint is bool:
             group.add_argument(
                 flag_name(key),
@@ -150,7 +150,7 @@ def sweep_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from anymask.experiments.report import write_report
 
-    write_report([Path(d) for d in args.dirs], Path(args.out))
+    write_report([Path(d) for d in args.dirs], Path(args.out), keep_runs=args.keep_runs)
     return 0
 
 
@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and plots from run folders")
     report.add_argument("dirs", nargs="+", help="run or sweep folders")
     report.add_argument("--out", default="report", help="folder for report.md, results.csv and the PNGs")
+    report.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="also copy each run's config, metrics and summary into OUT/runs (commit those, not run folders)",
+    )
     return parser
 
 

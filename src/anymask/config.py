@@ -131,8 +131,10 @@ class RunConfig:
         return config
 
     def hash(self) -> str:
-        """Short stable hash of every setting that can change a run's numbers."""
-        hashed = {k: v for k, v in sorted(self.to_flat().items()) if k not in NOT_HASHED}
+        """Short stable hash of every setting that can change a run's numbers (so two configs that run the
+        same share a folder: settings of recipe parts or mask methods not in use are left out)."""
+        inert = NOT_HASHED | self.mask.inert_settings() | self.recipe.inert_settings()
+        hashed = {k: v for k, v in sorted(self.to_flat().items()) if k not in inert}
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:12]
 
 

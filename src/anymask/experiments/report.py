@@ -29,6 +29,7 @@ from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 
 SUMMARY, CONFIG, METRICS = "summary.json", "config.json", "metrics.jsonl"  # as anymask.train.run writes them
+KEPT_FILES = (CONFIG, METRICS, SUMMARY, "gradinit_scales.json")  # small, and enough to rebuild a report
 BASELINE = "default"
 # Run settings that are table axes (or identify a mask file) rather than a setting that splits tables.
 AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "seed"})
@@ -155,22 +156,33 @@ def _summary_files(path: Path) -> list[Path]:
 
 def read_run(folder: Path) -> Run:
     summary = json.loads((folder / SUMMARY).read_text())
-    settings = load_run_config(folder / CONFIG).to_flat()
+    config = load_run_config(folder / CONFIG)
+    unread = NOT_HASHED | config.mask.inert_settings() | config.recipe.inert_settings()
+    settings = {key: value for key, value in config.to_flat().items() if key not in unread}
     lines = (folder / METRICS).read_text().splitlines()
     curve = [json.loads(line)["test_acc"] for line in lines if line.strip()]
     return Run(folder, summary, settings, curve)
 
 
 def build_tables(runs: Sequence[Run]) -> list[Table]:
-    """Group runs by everything but the seed, and groups into tables by model, data and other settings."""
+    """Group runs by everything but the seed, and groups into tables by model, data and other settings.
+
+    A run joins every table whose settings it agrees with: a default-protocol run, which reads no recipe
+    setting, is the baseline of the tables for ghost_epochs=4 and ghost_epochs=8 alike.
+    """
     varying = _varying_settings(runs)
+    settings = {id(run): {k: run.settings[k] for k in varying if k in run.settings} for run in runs}
+    combos = _table_settings(list(settings.values()))
+    tables: dict[tuple[str, str, str], Table] = {}
     by_group: dict[tuple[Any, ...], list[Run]] = {}
     for run in runs:
         s = run.summary
-        setting = ", ".join(f"{key}={run.settings[key]}" for key in varying)
-        key = (s["model"], s["data"], setting, run.mask, s["sparsity"], s["recipe"])
-        by_group.setdefault(key, []).append(run)
-    tables: dict[tuple[str, str, str], Table] = {}
+        for combo in combos:
+            if any(combo.get(k, v) != v for k, v in settings[id(run)].items()):
+                continue
+            setting = ", ".join(f"{key}={value}" for key, value in combo.items())
+            key = (s["model"], s["data"], setting, run.mask, s["sparsity"], s["recipe"])
+            by_group.setdefault(key, []).append(run)
     for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
         members.sort(key=lambda r: r.summary["seed"])
         table = tables.setdefault((model, data, setting), Table(model, data, setting, []))
@@ -178,6 +190,13 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
     for table in tables.values():
         table.groups.sort(key=lambda g: (mask_order(g.mask), g.sparsity, recipe_order(g.recipe)))
     return [tables[key] for key in sorted(tables)]
+
+
+def _table_settings(assignments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct settings of the runs, less those another run's settings extend (the tables)."""
+    distinct = list({json.dumps(a, sort_keys=True): a for a in assignments}.values())
+    extended = [a for a in distinct if any(b != a and b.items() >= a.items() for b in distinct)]
+    return [a for a in distinct if a not in extended] or [{}]
 
 
 def mask_order(mask: str) -> tuple[bool, str]:
@@ -189,9 +208,13 @@ def recipe_order(recipe: str) -> tuple[bool, str]:
 
 
 def _varying_settings(runs: Sequence[Run]) -> list[str]:
-    """Settings (beyond the axes) whose values differ between runs: each value set gets its own table."""
-    keys = sorted(set().union(*(run.settings for run in runs)) - AXES - NOT_HASHED) if runs else []
-    return [key for key in keys if len({json.dumps(run.settings.get(key)) for run in runs}) > 1]
+    """Settings (beyond the axes) whose values differ between the runs that read them: each value set
+    gets its own table. A setting only some runs read (lth_epochs, gsc_mode) varies only among those."""
+    keys = sorted(set().union(*(run.settings for run in runs)) - AXES) if runs else []
+    return [
+        key for key in keys
+        if len({json.dumps(run.settings[key]) for run in runs if key in run.settings}) > 1
+    ]
 
 
 # -- statistics and formatting -----------------------------------------------------------------------
@@ -316,13 +339,20 @@ def _csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 # -- writing -------------------------------------------------------------------------------------------
-def write_report(dirs: Sequence[Path], out: Path) -> list[Path]:
-    """Write report.md, results.csv, timings.csv and the plots into `out`; print the tables and paths."""
+def write_report(dirs: Sequence[Path], out: Path, *, keep_runs: bool = False) -> list[Path]:
+    """Write report.md, results.csv, timings.csv and the plots into `out`; print the tables and paths.
+
+    `keep_runs` also copies each run's small files (config, per-epoch metrics, summary) into
+    `out/runs/<hash>/`: a report folder that can be committed and rebuilt from itself, without the
+    weights and checkpoints the run folders hold.
+    """
     runs = collect_runs(dirs)
     if not runs:
         raise AnymaskError(f"no finished runs (folders with {SUMMARY}) under {', '.join(map(str, dirs))}")
     tables = build_tables(runs)
     out.mkdir(parents=True, exist_ok=True)
+    if keep_runs:
+        keep_run_files(runs, out / "runs")
     plots = {table.slug: _write_plots(table, out) for table in tables}
     sections = [table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug])
                 for t in tables]
@@ -335,6 +365,18 @@ def write_report(dirs: Sequence[Path], out: Path) -> list[Path]:
     files = [*written, *(p for paths in plots.values() for p in paths)]
     print("wrote:\n" + "\n".join(f"  {path}" for path in files))
     return files
+
+
+def keep_run_files(runs: Sequence[Run], into: Path) -> None:
+    """Copy each run's config, metrics and summary into `into/<config hash>/` (skipped where present)."""
+    for run in runs:
+        folder = into / run.summary["config_hash"]
+        if folder.resolve() == run.folder.resolve():
+            continue  # rebuilding a report from its own kept runs
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            if (run.folder / name).is_file():
+                atomic_write_text(folder / name, (run.folder / name).read_text())
 
 
 def _write_plots(table: Table, out: Path) -> list[Path]:

@@ -41,3 +41,20 @@ class MaskConfig:
     """Fail, instead of warn, when a layer is left with no weights (layer collapse)."""
     mask_seed: int | None = None
     """Seed for random masks and prune batches (default: the run's seed)."""
+
+    def inert_settings(self) -> set[str]:
+        """Settings only other mask methods read: left out of the run's hash."""
+        method = "file" if self.mask_file else self.mask_method
+        return {name for owner, names in METHOD_SETTINGS.items() if owner != method for name in names} - set(
+            METHOD_SETTINGS.get(method, ())
+        )
+
+
+# Settings read by one or a few mask methods only.
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    "snip": ("prune_samples_per_class", "prune_balanced"),
+    "grasp": ("prune_samples_per_class", "prune_balanced"),
+    "synflow": ("synflow_iterations", "float64"),
+    "lth": ("lth_rate", "lth_rewind", "lth_epochs"),
+}
+

@@ -41,3 +41,24 @@ class RecipeConfig:
     """Label smoothing: probability mass moved from the true class, spread evenly over the others."""
     ls_schedule: str = "constant"
     """Smoothing over time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""
+
+    def inert_settings(self) -> set[str]:
+        """Settings of the parts this recipe leaves out: they cannot change the run's numbers, so they stay
+        out of the run's hash (a default run keeps its folder when a ghost default changes)."""
+        from anymask.recipe.base import parse_recipe
+
+        parts = parse_recipe(self.recipe)
+        used = {prefix for part in parts for prefix in PART_SETTINGS.get(part, ())}
+        if "ls" in parts and self.ls_schedule == "ghost":
+            used.add("ghost_")
+        unused = tuple({prefix for prefixes in PART_SETTINGS.values() for prefix in prefixes} - used)
+        return {name for name in self.__dataclass_fields__ if unused and name.startswith(unused)}
+
+
+# The setting prefixes each recipe part reads (ghost_ is the shared ghost-phase length and shape).
+PART_SETTINGS: dict[str, tuple[str, ...]] = {
+    "gsn": ("gsn_", "ghost_"),
+    "gsc": ("gsc_", "ghost_"),
+    "lrsi": ("gradinit_",),
+    "ls": ("ls_",),
+}

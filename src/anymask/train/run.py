@@ -28,6 +28,7 @@ from anymask.models import MODELS, create_model
 from anymask.recipe import Recipe, RecipeContext, parse_recipe
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
+from anymask.train.lock import run_folder_lock
 from anymask.train.lr import SCHEDULES
 from anymask.train.trainer import Trainer
 
@@ -111,17 +112,24 @@ def run_experiment(
     """Train one run into `out_dir`; a finished folder is returned as it is, an unfinished one resumed."""
     out_dir = Path(out_dir)
     validate(config)
-    state = check_folder(out_dir, config, resume)
-    if state == "finished":
-        return RunResult(out_dir, json.loads((out_dir / SUMMARY).read_text()), skipped=True)
     world = init_world(config.train.device)
+    with run_folder_lock(out_dir, enabled=world.is_main):
+        state = check_folder(out_dir, config, resume)
+        if state == "finished":
+            return RunResult(out_dir, json.loads((out_dir / SUMMARY).read_text()), skipped=True)
+        return _train(config, out_dir, data, world, resuming=state == "interrupted")
+
+
+def _train(
+    config: RunConfig, out_dir: Path, data: ImageDataset | None, world: World, resuming: bool
+) -> RunResult:
     device = resolve_device(config.train.device, world)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if data is None:
         data = load_data(config, world)
     data = data.to(device)
-    return _Run(config, out_dir, data, device, world, resuming=state == "interrupted").execute()
+    return _Run(config, out_dir, data, device, world, resuming=resuming).execute()
 
 
 def load_data(config: RunConfig, world: World) -> ImageDataset:
