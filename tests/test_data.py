@@ -385,36 +385,21 @@ def test_crop_is_a_shifted_window_of_the_zero_padded_image() -> None:
 
 def test_flip_only_mirrors_and_digit_style_has_no_flip() -> None:
     images = _images(64, size=4)
-    x, _ = next(
-        iterate_batches(
-            images,
-            torch.arange(64),
-            64,
-            mean=(0,) * 3,
-            std=(1 / 255,) * 3,
-            shuffle=False,
-            augment=True,
-            flip=True,
-            generator=torch.Generator().manual_seed(0),
+
+    def augmented(flip: bool) -> torch.Tensor:
+        x, _ = next(
+            iterate_batches(
+                images, torch.arange(64), 64, mean=(0,) * 3, std=(1 / 255,) * 3, shuffle=False,
+                augment=True, flip=flip, generator=torch.Generator().manual_seed(0),
+            )
         )
-    )
+        return x
+
+    x = augmented(flip=True)
     flipped = torch.tensor([torch.equal(o, i.float().flip(-1)) for o, i in zip(x, images, strict=True)])
     same = torch.tensor([torch.equal(o, i.float()) for o, i in zip(x, images, strict=True)])
     assert bool((flipped | same).all()) and 10 < int(flipped.sum()) < 54
-    x, _ = next(
-        iterate_batches(
-            images,
-            torch.arange(64),
-            64,
-            mean=(0,) * 3,
-            std=(1 / 255,) * 3,
-            shuffle=False,
-            augment=True,
-            flip=False,
-            generator=torch.Generator().manual_seed(0),
-        )
-    )
-    assert torch.equal(x, images.float())
+    assert torch.equal(augmented(flip=False), images.float())
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -476,3 +461,13 @@ def test_dataset_to_and_validation() -> None:
             False,
             [str(i) for i in range(10)],
         )
+
+
+@given(start=st.integers(0, 500), length=st.integers(0, 300), world_size=st.integers(1, 9))
+def test_each_rank_slices_the_share_tensor_split_gives_it(start: int, length: int, world_size: int) -> None:
+    from anymask.data.batches import _share
+
+    parts = torch.arange(start, start + length).tensor_split(world_size)
+    for rank, part in enumerate(parts):
+        lo, hi = _share(start, start + length, rank, world_size)
+        assert torch.equal(torch.arange(lo, hi), part)

@@ -243,7 +243,7 @@ def test_gsc_works_on_every_family_and_leaves_no_trace(name: str) -> None:
     model, x = family_model(name)
     fresh = copy.deepcopy(model)
     plain = fresh(x)
-    recipe = prepared(model, "gsc", ghost_epochs=4.0)
+    recipe = prepared(model, "gsc", ghost_epochs=4.0, gsc_mode="free")
     ghost = model(x)
     assert ghost.shape == plain.shape and torch.isfinite(ghost).all() and not torch.allclose(ghost, plain)
     model.train()
@@ -280,7 +280,7 @@ def test_gsc_on_a_user_model_with_discovered_sites() -> None:
     model = nn.Sequential(*layers).eval()
     x = torch.randn(2, 3, 8, 8)
     plain = model(x)
-    recipe = prepared(model, "gsc")
+    recipe = prepared(model, "gsc", gsc_mode="free")  # learned branches start as a no-op
     assert model(x).shape == plain.shape and not torch.allclose(model(x), plain)
     recipe.remove_ghosts()
     assert hooks_left(model) == 0 and torch.equal(model(x), plain)
@@ -329,6 +329,19 @@ def test_gsc_learned_branches_start_as_a_no_op() -> None:
     plain = model(x)
     prepared(model, "gsc", gsc_mode="learned")
     assert torch.allclose(model(x), plain, atol=1e-6)
+
+
+def test_learned_branches_sync_their_batchnorm_under_ddp(monkeypatch: pytest.MonkeyPatch, digits) -> None:
+    """The branches live outside the model, so DDP's conversion of the model's BN must reach them too."""
+    from anymask.train import trainer as trainer_module
+    from anymask.train.distributed import SyncBatchNorm2d, World
+
+    monkeypatch.setattr(trainer_module, "DistributedDataParallel", lambda model, device_ids=None: model)
+    model = create_model("cnn", 10, (1, 8, 8))
+    recipe = prepared(model, "gsc", gsc_mode="learned")
+    trainer_module.Trainer(model, digits, run_config("gsc"), recipe=recipe, world=World(0, 0, 2))
+    norms = [m for branch in recipe.modules() for m in branch.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(type(m) is SyncBatchNorm2d for m in norms)
 
 
 def test_gsc_needs_sites() -> None:

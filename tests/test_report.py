@@ -130,6 +130,25 @@ def test_a_setting_only_some_runs_read_does_not_split_their_baseline(tmp_path: P
     assert ("ghost_epochs=2.0", "lth", "default") in gains
 
 
+def test_only_keeps_the_runs_asked_for_and_their_baseline(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, "snip", 0.9, "default", 0, 0.80, 0.80)
+    make_run(root, "snip", 0.9, "tost", 0, 0.83, 0.83, ghost_epochs=1)
+    make_run(root, "snip", 0.9, "tost", 0, 0.79, 0.79, ghost_epochs=2)
+    make_run(root, "snip", 0.9, "gsn", 0, 0.81, 0.81, ghost_epochs=1)
+    only = ["recipe=default", "recipe=tost", "ghost-epochs=1"]
+    write_report([root], tmp_path / "report", only=only)
+    rows = read_csv(tmp_path / "report" / "results.csv")
+    kept = {(r["recipe"], float(r["final_test_acc_mean"])) for r in rows}
+    assert kept == {("default", 0.8), ("tost", 0.83)}
+    with pytest.raises(AnymaskError, match="unknown config key 'ghost_epoch'"):
+        write_report([root], tmp_path / "bad", only=["ghost_epoch=1"])
+    with pytest.raises(AnymaskError, match="not KEY=VALUE"):
+        write_report([root], tmp_path / "bad", only=["tost"])
+    with pytest.raises(AnymaskError, match=r"no finished runs .* matching --only recipe=ls"):
+        write_report([root], tmp_path / "bad", only=["recipe=ls"])
+
+
 def test_kept_runs_rebuild_the_same_report(runs: Path, tmp_path: Path) -> None:
     write_report([runs], tmp_path / "report", keep_runs=True)
     kept = tmp_path / "report" / "runs"

@@ -150,7 +150,7 @@ def sweep_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from anymask.experiments.report import write_report
 
-    write_report([Path(d) for d in args.dirs], Path(args.out), keep_runs=args.keep_runs)
+    write_report([Path(d) for d in args.dirs], Path(args.out), keep_runs=args.keep_runs, only=args.only or [])
     return 0
 
 
@@ -198,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables and plots from run folders")
     report.add_argument("dirs", nargs="+", help="run or sweep folders")
     report.add_argument("--out", default="report", help="folder for report.md, results.csv and the PNGs")
+    report.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keep runs with this setting (repeat: --only recipe=default --only recipe=tost); "
+        "runs that never read KEY are kept",
+    )
     report.add_argument(
         "--keep-runs",
         action="store_true",

@@ -53,19 +53,29 @@ def iterate_batches(
     # Everything random for the epoch is drawn up front, in a fixed order, for all n samples.
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     aug = _draw_augmentation(n, crop_padding, flip, generator) if augment and (crop_padding or flip) else None
+    # One copy to the device per epoch, then slices: no host-to-device transfer inside the loop.
+    order = order.to(device)
+    aug = tuple(t.to(device) for t in aug) if aug is not None else None
     shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
     scale = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
     for b in range(num_batches(n, batch_size, drop_last)):
-        mine = torch.arange(b * batch_size, min((b + 1) * batch_size, n)).tensor_split(world_size)[rank]
-        idx = order[mine].to(device)
+        lo, hi = _share(b * batch_size, min((b + 1) * batch_size, n), rank, world_size)
+        idx = order[lo:hi]
         x = images[idx]
         if aug is not None:
             offsets, flips = aug
-            x = _crop_flip(x, offsets[mine].to(device), flips[mine].to(device), crop_padding)
+            x = _crop_flip(x, offsets[lo:hi], flips[lo:hi], crop_padding)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Normalizing after the crop makes the zero padding come out as (0 - mean) / std, like torchvision.
         yield x.float().sub_(shift).mul_(scale), labels[idx]
+
+
+def _share(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Bounds of rank `rank`'s contiguous part of positions [start, stop), split as `tensor_split` does."""
+    size, extra = divmod(stop - start, world_size)
+    lo = start + rank * size + min(rank, extra)
+    return lo, lo + size + (rank < extra)
 
 
 def _check_args(

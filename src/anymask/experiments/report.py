@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from anymask.config import NOT_HASHED, load_run_config
+from anymask.config import NOT_HASHED, coerce, load_run_config, section_of
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 
@@ -339,16 +339,44 @@ def _csv_text(header: list[str], rows: list[list[str]]) -> str:
 
 
 # -- writing -------------------------------------------------------------------------------------------
-def write_report(dirs: Sequence[Path], out: Path, *, keep_runs: bool = False) -> list[Path]:
+def parse_filters(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """`--only KEY=VALUE` flags -> {key: accepted values}; several flags on one key accept any of them."""
+    filters: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise AnymaskError(f"--only {spec!r} is not KEY=VALUE; e.g. --only recipe=tost --only lr=0.1")
+        key = key.strip().replace("-", "_")
+        section_of(key)  # an unknown key is one clear line naming it
+        filters.setdefault(key, []).append(coerce(key, value.strip()))
+    return filters
+
+
+def keep_matching(runs: Sequence[Run], filters: dict[str, list[Any]]) -> list[Run]:
+    """Runs whose settings are among the accepted values; a run that never reads a key passes on it
+    (the default protocol passes --only ghost_epochs=4, as it is the baseline of such runs)."""
+    return [
+        run for run in runs
+        if all(key not in run.settings or run.settings[key] in values for key, values in filters.items())
+    ]
+
+
+def write_report(
+    dirs: Sequence[Path], out: Path, *, keep_runs: bool = False, only: Sequence[str] = ()
+) -> list[Path]:
     """Write report.md, results.csv, timings.csv and the plots into `out`; print the tables and paths.
 
     `keep_runs` also copies each run's small files (config, per-epoch metrics, summary) into
     `out/runs/<hash>/`: a report folder that can be committed and rebuilt from itself, without the
     weights and checkpoints the run folders hold.
     """
-    runs = collect_runs(dirs)
+    filters = parse_filters(only)
+    runs = keep_matching(collect_runs(dirs), filters)
     if not runs:
-        raise AnymaskError(f"no finished runs (folders with {SUMMARY}) under {', '.join(map(str, dirs))}")
+        which = f" matching {' '.join(f'--only {o}' for o in only)}" if only else ""
+        raise AnymaskError(
+            f"no finished runs (folders with {SUMMARY}){which} under {', '.join(map(str, dirs))}"
+        )
     tables = build_tables(runs)
     out.mkdir(parents=True, exist_ok=True)
     if keep_runs:

@@ -51,6 +51,10 @@ class RecipePart:
         """Extra trainable parameters the part adds (they get their own optimizer group)."""
         return []
 
+    def modules(self) -> list[nn.Module]:
+        """Extra modules the part runs outside the model's tree (their BN must sync under DDP too)."""
+        return []
+
     def update(self, epoch: float) -> None:
         """Move schedules to `epoch`; called before every training step and before evaluation."""
 
@@ -130,6 +134,9 @@ class Recipe:
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]
+
+    def modules(self) -> list[nn.Module]:
+        return [m for part in self.parts for m in part.modules()]
 
     def update(self, epoch: float) -> list[nn.Parameter]:
         """Advance schedules; remove ghost parts whose phase is over. Returns parameters to drop."""

@@ -19,8 +19,9 @@ class RecipeConfig:
     """How ghost parts fade over the ghost phase: 'cosine', 'linear' or 'step' (full strength, then off)."""
     gsn_soft: str = "swish"
     """Smooth activation the ghost neurons start from: swish (SiLU), mish, gelu, softplus or elu."""
-    gsc_mode: str = "free"
-    """Ghost skips: 'free' (identity/pooling/padding, no parameters) or 'learned' (1x1 conv + BN per site)."""
+    gsc_mode: str = "learned"
+    """Ghost skips: 'learned' (1x1 conv + BN per site, starting as a no-op) or 'free' (identity/pooling/
+    padding, no parameters). docs/recipe.md: why learned is the default."""
     gradinit_lr: float = 1e-2
     """GradInit: Adam learning rate of the per-tensor scales."""
     gradinit_iterations: int = 180

@@ -131,6 +131,9 @@ class GhostSkips(GhostPart):
     def parameters(self) -> list[nn.Parameter]:
         return [p for branch in self.branches for p in branch.parameters()]
 
+    def modules(self) -> list[nn.Module]:
+        return list(self.branches)
+
     def update(self, epoch: float) -> None:
         super().update(epoch)
         if self.scale is not None:

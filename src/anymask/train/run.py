@@ -124,6 +124,8 @@ def _train(
     config: RunConfig, out_dir: Path, data: ImageDataset | None, world: World, resuming: bool
 ) -> RunResult:
     device = resolve_device(config.train.device, world)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv once
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if data is None:

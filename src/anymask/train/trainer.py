@@ -94,7 +94,8 @@ class Trainer:
         """DDP with global-batch BatchNorm under torchrun, so N ranks train as one process would."""
         network = model
         if self.world.distributed:
-            sync_batchnorm(model)
+            for module in [model, *self.recipe.modules()]:  # learned ghost-skip branches have BN too
+                sync_batchnorm(module)
             ids = [self.device.index] if self.device.type == "cuda" else None
             network = DistributedDataParallel(model, device_ids=ids)
         if self.train_config.compile:
