@@ -42,6 +42,14 @@ def sweep_file(tmp_path: Path, text: str, name: str = "small.toml") -> Path:
 
 
 # -- parsing --------------------------------------------------------------------------------------------
+def test_grid_points_that_train_the_same_run_are_planned_once(tmp_path: Path) -> None:
+    """gsc_mode means nothing to a recipe without gsc: those points share one folder, run once."""
+    text = '[grid]\nrecipe = ["default", "gsc"]\ngsc_mode = ["learned", "free"]\n'
+    runs = load_sweep(sweep_file(tmp_path, BASE + text)).plan(tmp_path / "out")
+    assert [run.short_label for run in runs] == ["default/learned", "gsc/learned", "gsc/free"]
+    assert len({run.folder for run in runs}) == 3
+
+
 def test_grid_expands_in_file_order_last_key_fastest(tmp_path: Path) -> None:
     text = '[base.train]\nepochs = 2\n[grid]\nsparsity = [0.9, "0.98"]\nrecipe = ["default", "ls"]\n'
     path = sweep_file(tmp_path, text)

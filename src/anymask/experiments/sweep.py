@@ -78,9 +78,13 @@ class Sweep:
         return [dict(zip(self.grid, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
 
     def plan(self, out: Path) -> list[PlannedRun]:
-        """Every run with its folder, each checked as `anymask train` would before anything is written."""
+        """Every run with its folder, each checked as `anymask train` would before anything is written.
+
+        Grid points that train the same run (gsc_mode crossed with a recipe without gsc) share a folder
+        and are planned once, at the first of them.
+        """
         base = RunConfig.from_flat(self.base)
-        runs = []
+        runs: dict[Path, PlannedRun] = {}
         for values in self.points():
             config = base.updated(values)
             run = PlannedRun(config, values, out / config.hash())
@@ -88,8 +92,8 @@ class Sweep:
                 validate(config)
             except AnymaskError as error:
                 raise AnymaskError(f"sweep {self.name}, run {run.label}: {error}") from None
-            runs.append(run)
-        return runs
+            runs.setdefault(run.folder, run)
+        return list(runs.values())
 
     def record(self, runs: list[PlannedRun]) -> dict[str, Any]:
         """What `sweep.json` holds: the resolved file and which folder is which grid point."""
