@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,10 @@ def _finish(figure: Figure, axes: list[Axes], title: str, ylabel: str) -> None:
             ax.tick_params(labelleft=True)
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    figure.suptitle(title, fontsize=12)
-    columns = min(len(legend), max(1, int(figure.get_figwidth() // 2)))  # ~2 inches per legend entry
+    # Wrap the title to the figure: a one-panel figure is narrower than a long title in 12 pt
+    # (about 11 characters to the inch).
+    figure.suptitle(textwrap.fill(title, max(30, int(figure.get_figwidth() * 11))), fontsize=12)
+    columns = min(len(legend), max(1, int(figure.get_figwidth() // 1.2)))  # ~1.2 inches per legend entry
     figure.legend(legend.values(), legend, loc="outside lower center", ncol=columns, frameon=False)
 
 
