@@ -9,10 +9,12 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
 from anymask.experiments.report import collect_runs, markdown_table, write_report
+from anymask.masks import Mask
 
 
 def make_run(root: Path, mask: str, sparsity: float, recipe: str, seed: int, final: float, best: float,
@@ -153,11 +155,23 @@ def test_kept_runs_rebuild_the_same_report(runs: Path, tmp_path: Path) -> None:
     write_report([runs], tmp_path / "report", keep_runs=True)
     kept = tmp_path / "report" / "runs"
     files = {p.name for p in next(kept.iterdir()).iterdir()}
-    assert files == {"config.json", "metrics.jsonl", "summary.json"}
+    assert files == {"config.json", "metrics.jsonl", "summary.json"}  # these runs have no mask file
     shutil.rmtree(runs)  # the run folders are gone (a fresh machine); the kept files are enough
     write_report([kept], tmp_path / "rebuilt", keep_runs=True)
     for name in ("report.md", "results.csv"):
         assert (tmp_path / "rebuilt" / name).read_text() == (tmp_path / "report" / name).read_text()
+
+
+def test_kept_runs_hold_the_mask_densities_for_the_density_plot(tmp_path: Path) -> None:
+    folder = make_run(tmp_path / "runs", "snip", 0.5, "default", 0, 0.8, 0.8)
+    Mask({"a.weight": torch.tensor([True, False, False, False]), "b.weight": torch.ones(2, dtype=torch.bool)}
+         ).save(folder / "mask.safetensors")
+    write_report([tmp_path / "runs"], tmp_path / "report", keep_runs=True)
+    kept = tmp_path / "report" / "runs" / folder.name
+    assert json.loads((kept / "layer_densities.json").read_text()) == {"a.weight": 0.25, "b.weight": 1.0}
+    shutil.rmtree(tmp_path / "runs")
+    rebuilt = write_report([kept.parent], tmp_path / "rebuilt")
+    assert any(path.name.startswith("densities_") for path in rebuilt)
 
 
 def test_a_run_reached_twice_counts_once(runs: Path, tmp_path: Path) -> None:

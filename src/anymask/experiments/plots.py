@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from anymask.experiments.report import BASELINE, Group, Table, sparsity_label
+from anymask.experiments.report import BASELINE, Group, Table, layer_densities, sparsity_label
 
 DPI = 100
 COLORS = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "olive")]
@@ -160,8 +160,6 @@ def _curve(ax: Axes, group: Group, color: str) -> None:
 # -- per-layer densities -------------------------------------------------------------------------------
 def densities(table: Table) -> Figure | None:
     """Per-layer density of each mask method at the table's highest sparsity, layers in model order."""
-    from anymask.masks import Mask
-
     sparse = [s for s in table.sparsities if s > 0]
     if not sparse:
         return None
@@ -170,9 +168,9 @@ def densities(table: Table) -> Figure | None:
     for mask in table.masks:
         group = table.group(mask, sparsity, BASELINE) or next(
             (g for g in table.groups if (g.mask, g.sparsity) == (mask, sparsity)), None)
-        path = group.runs[0].folder / "mask.safetensors" if group else None
-        if path is not None and path.is_file():
-            layers[mask] = {layer.name: layer.density for layer in Mask.load(path).layers()}
+        density = layer_densities(group.runs[0].folder) if group else None
+        if density is not None:
+            layers[mask] = density
     if not layers:
         return None
     names = _model_order(table, {name for densities in layers.values() for name in densities})

@@ -30,6 +30,7 @@ from anymask.io import atomic_write_text
 
 SUMMARY, CONFIG, METRICS = "summary.json", "config.json", "metrics.jsonl"  # as anymask.train.run writes them
 KEPT_FILES = (CONFIG, METRICS, SUMMARY, "gradinit_scales.json")  # small, and enough to rebuild a report
+MASK, LAYER_DENSITIES = "mask.safetensors", "layer_densities.json"
 BASELINE = "default"
 # Run settings that are table axes (or identify a mask file) rather than a setting that splits tables.
 AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "seed"})
@@ -396,7 +397,8 @@ def write_report(
 
 
 def keep_run_files(runs: Sequence[Run], into: Path) -> None:
-    """Copy each run's config, metrics and summary into `into/<config hash>/` (skipped where present)."""
+    """Copy each run's config, metrics and summary into `into/<config hash>/`, with the mask's per-layer
+    densities (a few hundred bytes) in place of the mask itself."""
     for run in runs:
         folder = into / run.summary["config_hash"]
         if folder.resolve() == run.folder.resolve():
@@ -405,6 +407,20 @@ def keep_run_files(runs: Sequence[Run], into: Path) -> None:
         for name in KEPT_FILES:
             if (run.folder / name).is_file():
                 atomic_write_text(folder / name, (run.folder / name).read_text())
+        densities = layer_densities(run.folder)
+        if densities is not None:
+            atomic_write_text(folder / LAYER_DENSITIES, json.dumps(densities, indent=1) + "\n")
+
+
+def layer_densities(folder: Path) -> dict[str, float] | None:
+    """Per-layer density of a run's mask: from its mask file, or from the densities a kept run holds."""
+    if (folder / MASK).is_file():
+        from anymask.masks import Mask
+
+        return {layer.name: layer.density for layer in Mask.load(folder / MASK).layers()}
+    if (folder / LAYER_DENSITIES).is_file():
+        return json.loads((folder / LAYER_DENSITIES).read_text())
+    return None
 
 
 def _write_plots(table: Table, out: Path) -> list[Path]:
