@@ -113,6 +113,16 @@ def test_every_recipe_setting_has_help_and_a_working_override() -> None:
     assert config.recipe.gradinit_normalize_grad is False
 
 
+def test_every_recipe_setting_belongs_to_a_part() -> None:
+    """The run hash leaves out the settings of parts not in use: a setting no part claims is a bug."""
+    from anymask.recipe.config import PART_SETTINGS
+
+    prefixes = tuple(prefix for owned in PART_SETTINGS.values() for prefix in owned)
+    unclaimed = [f.name for f in dataclasses.fields(RecipeConfig) if not f.name.startswith(prefixes)]
+    assert unclaimed == ["recipe"]
+    assert set(PART_SETTINGS) == set(PRESETS["tost"])
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("gsn_soft", "relu6"), ("gsc_mode", "dense"), ("ghost_schedule", "exp"), ("ls_schedule", "cosine")],
