@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +9,7 @@ import pytest
 from anymask.cli import build_parser, main, resolve_config
 from anymask.config import RunConfig, read_config_file
 from anymask.errors import AnymaskError
-
-
-def anymask(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "anymask", *args], capture_output=True, text=True, cwd=cwd)
+from cli_helpers import anymask, quick_train
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
@@ -109,22 +104,7 @@ def test_corrupt_and_mismatched_mask_files(tmp_path: Path) -> None:
     assert result.returncode == 2 and "corrupt" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
-    made = anymask(
-        "train",
-        "--model",
-        "cnn",
-        "--mask-method",
-        "random",
-        "--sparsity",
-        "0.5",
-        "--epochs",
-        "1",
-        "--train-subset",
-        "64",
-        "--no-progress",
-        "--out",
-        str(tmp_path / "cnn"),
-    )
+    made = quick_train(tmp_path / "cnn", "--mask-method", "random", "--sparsity", "0.5")
     assert made.returncode == 0, made.stderr
     result = anymask(
         "train",

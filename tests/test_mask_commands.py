@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from anymask.masks import Mask
-
-
-def anymask(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "anymask", *args], capture_output=True, text=True)
+from cli_helpers import anymask, quick_train
 
 
 def prune(tmp_path: Path, method: str, sparsity: str = "0.9", *extra: str) -> Path:
@@ -62,20 +57,7 @@ def test_pruned_mask_trains_with_the_same_initialisation(tmp_path: Path) -> None
     """`prune` seeds the model as `train` does, so a magnitude mask fits the weights it was made on."""
     mask_path = prune(tmp_path, "magnitude", "0.5")
     run = tmp_path / "run"
-    result = anymask(
-        "train",
-        "--model",
-        "cnn",
-        "--mask",
-        str(mask_path),
-        "--epochs",
-        "1",
-        "--train-subset",
-        "64",
-        "--no-progress",
-        "--out",
-        str(run),
-    )
+    result = quick_train(run, "--mask", str(mask_path))
     assert result.returncode == 0, result.stderr
     saved = Mask.load(run / "mask.safetensors")
     original = Mask.load(mask_path)

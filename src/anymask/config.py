@@ -130,12 +130,15 @@ class RunConfig:
             setattr(getattr(config, section_of(key)), key, coerce(key, value))
         return config
 
-    def hash(self) -> str:
-        """Short stable hash of every setting that can change a run's numbers (so two configs that run the
-        same share a folder: settings of recipe parts or mask methods not in use are left out)."""
+    def read_settings(self) -> dict[str, Any]:
+        """The flat settings that can change this run's numbers: display settings and the settings of
+        recipe parts or mask methods not in use are left out."""
         inert = NOT_HASHED | self.mask.inert_settings() | self.recipe.inert_settings()
-        hashed = {k: v for k, v in sorted(self.to_flat().items()) if k not in inert}
-        return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:12]
+        return {k: v for k, v in self.to_flat().items() if k not in inert}
+
+    def hash(self) -> str:
+        """Short stable hash of `read_settings()`: two configs that train the same share a folder."""
+        return hashlib.sha256(json.dumps(self.read_settings(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def field_sections() -> dict[str, str]:

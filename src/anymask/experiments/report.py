@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from anymask.config import NOT_HASHED, coerce, load_run_config, section_of
+from anymask.config import coerce, load_run_config, section_of
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 
@@ -157,9 +157,7 @@ def _summary_files(path: Path) -> list[Path]:
 
 def read_run(folder: Path) -> Run:
     summary = json.loads((folder / SUMMARY).read_text())
-    config = load_run_config(folder / CONFIG)
-    unread = NOT_HASHED | config.mask.inert_settings() | config.recipe.inert_settings()
-    settings = {key: value for key, value in config.to_flat().items() if key not in unread}
+    settings = load_run_config(folder / CONFIG).read_settings()
     lines = (folder / METRICS).read_text().splitlines()
     curve = [json.loads(line)["test_acc"] for line in lines if line.strip()]
     return Run(folder, summary, settings, curve)

@@ -45,9 +45,8 @@ class MaskConfig:
     def inert_settings(self) -> set[str]:
         """Settings only other mask methods read: left out of the run's hash."""
         method = "file" if self.mask_file else self.mask_method
-        return {name for owner, names in METHOD_SETTINGS.items() if owner != method for name in names} - set(
-            METHOD_SETTINGS.get(method, ())
-        )
+        owned = {name for names in METHOD_SETTINGS.values() for name in names}
+        return owned - set(METHOD_SETTINGS.get(method, ()))
 
 
 # Settings read by one or a few mask methods only.
@@ -57,4 +56,3 @@ METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "synflow": ("synflow_iterations", "float64"),
     "lth": ("lth_rate", "lth_rewind", "lth_epochs"),
 }
-

@@ -53,7 +53,7 @@ class RecipeConfig:
         if "ls" in parts and self.ls_schedule == "ghost":
             used.add("ghost_")
         unused = tuple({prefix for prefixes in PART_SETTINGS.values() for prefix in prefixes} - used)
-        return {name for name in self.__dataclass_fields__ if unused and name.startswith(unused)}
+        return {name for name in self.__dataclass_fields__ if name.startswith(unused)}
 
 
 # The setting prefixes each recipe part reads (ghost_ is the shared ghost-phase length and shape).
