@@ -54,9 +54,21 @@ def runs(tmp_path: Path) -> Path:
     return root
 
 
+def tables_cells(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table in the text, as rows of stripped cells."""
+    tables: list[list[list[str]]] = []
+    in_table = False
+    for line in markdown.splitlines():
+        if line.startswith("|") and not in_table:
+            tables.append([])
+        in_table = line.startswith("|")
+        if in_table:
+            tables[-1].append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
 def table_cells(markdown: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()
-            if line.startswith("|")]
+    return tables_cells(markdown)[0]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -87,6 +99,14 @@ def test_mean_std_and_paired_gain(runs: Path, tmp_path: Path, capsys: pytest.Cap
         ["random", "98%", "50.00 (1)", "60.00 (1)", "60.00 (1)", "60.00 (1)", "+10.00 (unpaired)"],
         ["snip", "90%", "82.00 ± 2.00 (3)", "84.33 ± 2.08 (3)", "85.50 ± 0.71 (2)", "87.00 ± 1.41 (2)",
          "+3.50 (2)"],
+    ]
+    matrix = tables_cells(markdown)[1]  # the same final accuracies, one column per sparsity
+    assert matrix[0] == ["mask", "recipe", "90%", "98%"]
+    assert matrix[2:] == [
+        ["random", "default", "–", "50.00 (1)"],
+        ["random", "tost", "–", "60.00 (1)"],
+        ["snip", "default", "82.00 ± 2.00 (3)", "–"],
+        ["snip", "tost", "85.50 ± 0.71 (2)", "–"],
     ]
     printed = capsys.readouterr().out
     assert "## cnn on digits" in printed and "82.00 ± 2.00 (3)" in printed
@@ -186,6 +206,18 @@ def test_no_finished_runs_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(AnymaskError, match="no finished runs"):
         write_report([tmp_path / "empty"], tmp_path / "report")
+
+
+def test_one_recipe_matrix_has_no_recipe_column_and_one_sparsity_has_no_matrix(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs", "erk", 0.9, "default", 0, 0.7, 0.7)
+    make_run(tmp_path / "runs", "erk", 0.98, "default", 0, 0.6, 0.6)
+    make_run(tmp_path / "runs", "lth", 0.98, "default", 0, 0.5, 0.5)
+    write_report([tmp_path / "runs"], tmp_path / "two")
+    matrix = tables_cells((tmp_path / "two" / "report.md").read_text())[1]
+    assert matrix[0] == ["mask", "90%", "98%"]
+    assert matrix[2:] == [["erk", "70.00 (1)", "60.00 (1)"], ["lth", "–", "50.00 (1)"]]
+    write_report([tmp_path / "runs"], tmp_path / "one", only=["sparsity=0.98"])
+    assert len(tables_cells((tmp_path / "one" / "report.md").read_text())) == 1
 
 
 def test_markdown_table_pads_columns() -> None:

@@ -266,7 +266,26 @@ def table_markdown(table: Table) -> str:
         f"Test accuracy (%){after}: final and best epoch, mean ± std over seeds (number of seeds). "
         f"Gain: final accuracy minus `{BASELINE}` on the same mask, sparsity and seeds (points)."
     )
-    return f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
+    matrix = accuracy_matrix_markdown(table)
+    long_table = f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
+    return long_table + (f"\n{matrix}" if matrix else "")
+
+
+def accuracy_matrix_markdown(table: Table) -> str:
+    """Final test accuracy with one column per sparsity and one row per mask (and recipe): the shape a
+    method comparison is read in. Empty when the table has a single sparsity (the long table says it all)."""
+    if len(table.sparsities) < 2:
+        return ""
+    several_recipes = len(table.recipes) > 1
+    header = ["mask", *(["recipe"] if several_recipes else []), *map(sparsity_label, table.sparsities)]
+    rows = []
+    for mask in table.masks:
+        for recipe in table.recipes:
+            groups = [table.group(mask, sparsity, recipe) for sparsity in table.sparsities]
+            if any(groups):
+                cells = [percent_cell(g.values("final_test_acc")) if g else "–" for g in groups]
+                rows.append([mask, *([recipe] if several_recipes else []), *cells])
+    return f"Final test accuracy (%) by sparsity:\n\n{markdown_table(header, rows)}\n"
 
 
 def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
