@@ -69,30 +69,37 @@ def _train_batches(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rsplit("_", 1)[1]))
 
 
+def _cifar(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+           class_names: list[str], mean: tuple[float, float, float],
+           std: tuple[float, float, float]) -> ImageDataset:
+    """The two CIFARs differ only in files, class count and channel statistics; no validation split."""
+    train_x, train_y = train
+    return ImageDataset(
+        name=name,
+        train_x=train_x,
+        train_y=train_y,
+        val_x=train_x[:0].clone(),
+        val_y=torch.zeros(0, dtype=torch.int64),
+        test_x=test[0],
+        test_y=test[1],
+        num_classes=len(class_names),
+        mean=mean,
+        std=std,
+        crop_padding=4,
+        flip=True,
+        class_names=class_names,
+    )
+
+
 @DATASETS.register("cifar10")
 def load_cifar10(data_dir: Path) -> ImageDataset:
     root = data_dir / CIFAR10_FOLDER
     parts = [_read_batch("cifar10", p, "labels", 10) for p in _train_batches(root)]
-    test_x, test_y = _read_batch(
-        "cifar10", _require("cifar10", root / "test_batch", CIFAR10_FOLDER), "labels", 10
-    )
+    test = _read_batch("cifar10", _require("cifar10", root / "test_batch", CIFAR10_FOLDER), "labels", 10)
     meta = _require("cifar10", root / "batches.meta", CIFAR10_FOLDER)
-    train_x = torch.cat([x for x, _ in parts])
-    return ImageDataset(
-        name="cifar10",
-        train_x=train_x,
-        train_y=torch.cat([y for _, y in parts]),
-        val_x=train_x[:0].clone(),
-        val_y=torch.zeros(0, dtype=torch.int64),
-        test_x=test_x,
-        test_y=test_y,
-        num_classes=10,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        crop_padding=4,
-        flip=True,
-        class_names=_class_names("cifar10", meta, "label_names", 10),
-    )
+    train = (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
+    return _cifar("cifar10", train, test, _class_names("cifar10", meta, "label_names", 10),
+                  mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 
 
 @DATASETS.register("cifar100")
@@ -102,21 +109,7 @@ def load_cifar100(data_dir: Path) -> ImageDataset:
     def split(file: str) -> tuple[torch.Tensor, torch.Tensor]:
         return _read_batch("cifar100", _require("cifar100", root / file, CIFAR100_FOLDER), "fine_labels", 100)
 
-    train_x, train_y = split("train")
-    test_x, test_y = split("test")
+    train, test = split("train"), split("test")
     meta = _require("cifar100", root / "meta", CIFAR100_FOLDER)
-    return ImageDataset(
-        name="cifar100",
-        train_x=train_x,
-        train_y=train_y,
-        val_x=train_x[:0].clone(),
-        val_y=torch.zeros(0, dtype=torch.int64),
-        test_x=test_x,
-        test_y=test_y,
-        num_classes=100,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-        crop_padding=4,
-        flip=True,
-        class_names=_class_names("cifar100", meta, "fine_label_names", 100),
-    )
+    return _cifar("cifar100", train, test, _class_names("cifar100", meta, "fine_label_names", 100),
+                  mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
