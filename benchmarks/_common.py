@@ -100,8 +100,18 @@ def cifar_or_synthetic() -> tuple[ImageDataset, str]:
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (n,), generator=generator)
     data = ImageDataset(
-        name="synthetic-cifar10", train_x=images, train_y=labels, val_x=images[:0], val_y=labels[:0],
-        test_x=images[:500], test_y=labels[:500], num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
-        crop_padding=4, flip=True, class_names=[str(c) for c in range(10)],
+        name="synthetic-cifar10",
+        train_x=images,
+        train_y=labels,
+        val_x=images[:0],
+        val_y=labels[:0],
+        test_x=images[:500],
+        test_y=labels[:500],
+        num_classes=10,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        crop_padding=4,
+        flip=True,
+        class_names=[str(c) for c in range(10)],
     )
     return data, f"SYNTHETIC uint8 images of CIFAR-10's shape ({n:,}; {SHARED_DATA} not found)"

@@ -52,10 +52,15 @@ def main() -> None:
     trainer = Trainer(model, data, config, device=device)
     images, labels = next(trainer.batches(0))
     epoch = [0]
-    times = interleaved({
-        "loader": lambda: loader_epoch(trainer, epoch),
-        "model": lambda: trainer.train_step(images, labels, 0),
-    }, args.rounds, args.warmup, device)
+    times = interleaved(
+        {
+            "loader": lambda: loader_epoch(trainer, epoch),
+            "model": lambda: trainer.train_step(images, labels, 0),
+        },
+        args.rounds,
+        args.warmup,
+        device,
+    )
     report(args, data, source, times)
 
 
@@ -63,8 +68,10 @@ def report(args: argparse.Namespace, data: ImageDataset, source: str, times: dic
     loader, model = Summary.of(times["loader"]), Summary.of(times["model"])
     loader_rate, model_rate = len(data.train_y) / loader.median, args.batch_size / model.median
     print(f"machine: {machine(torch.device('cpu'))}\ndata: {source}")
-    print(f"{args.rounds} interleaved rounds after {args.warmup} warm-up; batch {args.batch_size}, "
-          f"augmentation crop {data.crop_padding} + flip {data.flip}, channels_last")
+    print(
+        f"{args.rounds} interleaved rounds after {args.warmup} warm-up; batch {args.batch_size}, "
+        f"augmentation crop {data.crop_padding} + flip {data.flip}, channels_last"
+    )
     print(f"  loader: one epoch {loader.ms()} -> {loader_rate:,.0f} images/s")
     print(f"  {args.model} training step {model.ms()} -> {model_rate:,.0f} images/s")
     print(f"  the loader adds {model_rate / loader_rate:.1%} to each training step")

@@ -43,21 +43,40 @@ def dataset() -> tuple[ImageDataset, str]:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (1000, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.arange(1000) % 10
-    data = ImageDataset("synthetic", x, y, x[:0], y[:0], x, y, 10, (0.5,) * 3, (0.25,) * 3, 4, True,
-                        [str(c) for c in range(10)])
+    data = ImageDataset(
+        "synthetic",
+        x,
+        y,
+        x[:0],
+        y[:0],
+        x,
+        y,
+        10,
+        (0.5,) * 3,
+        (0.25,) * 3,
+        4,
+        True,
+        [str(c) for c in range(10)],
+    )
     return data, "synthetic CIFAR-shaped"
 
 
 def plain_batch(data: ImageDataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n train images, normalised: what a plain script feeds its pruner."""
-    return next(iterate_batches(data.train_x[:n], data.train_y[:n], n, mean=data.mean, std=data.std,
-                                shuffle=False, augment=False))
+    return next(
+        iterate_batches(
+            data.train_x[:n], data.train_y[:n], n, mean=data.mean, std=data.std, shuffle=False, augment=False
+        )
+    )
 
 
 # -- plain implementations ----------------------------------------------------------------------------
 def weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {f"{name}.weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {
+        f"{name}.weight": m.weight
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
 
 
 def global_threshold(scores: dict[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
@@ -86,8 +105,11 @@ def plain_erk(model: nn.Module, density: float, kernel: bool) -> dict[str, torch
     shapes = {n: w.shape for n, w in weights(model).items()}
     dense: set[str] = set()
     while True:
-        raw = {n: (sum(s) / math.prod(s) if kernel else sum(s[:2]) / math.prod(s[:2]))
-               for n, s in shapes.items() if n not in dense}
+        raw = {
+            n: (sum(s) / math.prod(s) if kernel else sum(s[:2]) / math.prod(s[:2]))
+            for n, s in shapes.items()
+            if n not in dense
+        }
         rhs = sum(math.prod(s) * (density - (n in dense)) for n, s in shapes.items())
         eps = rhs / sum(raw[n] * math.prod(shapes[n]) for n in raw)
         top = max(raw.values())
@@ -160,16 +182,19 @@ def row(model: nn.Module, name: str, method: str, data: ImageDataset, args: argp
     """One table row: ours and plain alternating `repeats` times, medians compared."""
     x, y = plain_batch(data, 10 * data.num_classes)
     density = 1 - args.sparsity
-    config = MaskConfig(mask_method=method, sparsity=args.sparsity,
-                        synflow_iterations=args.synflow_iterations)
+    config = MaskConfig(
+        mask_method=method, sparsity=args.sparsity, synflow_iterations=args.synflow_iterations
+    )
     ours_fn = functools.partial(make_mask, model, config, data=data)
     plain_fn = functools.partial(PLAIN[method], model, density, x, y, args.synflow_iterations)
     ours, plain = zip(*[(timed(ours_fn), timed(plain_fn)) for _ in range(args.repeats)], strict=True)
     t_ours, t_plain = statistics.median(t for t, _ in ours), statistics.median(t for t, _ in plain)
     target = round(density * sum(p.numel() for p in prunable_parameters(model).values()))
     off = plain[0][1] - target
-    return (f"| {name} | {method} | {t_ours:.3f} | {t_plain:.3f} | {t_ours / t_plain:.2f} | "
-            f"{ours[0][1] == target} | {off == 0} ({off:+d}) |")
+    return (
+        f"| {name} | {method} | {t_ours:.3f} | {t_plain:.3f} | {t_ours / t_plain:.2f} | "
+        f"{ours[0][1] == target} | {off == 0} ({off:+d}) |"
+    )
 
 
 def warm_up(model: nn.Module, data: ImageDataset) -> None:
@@ -189,9 +214,11 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # layer-collapse warnings of one-shot methods are expected here
     data, source = dataset()
-    print(f"data: {source}; sparsity {args.sparsity}, global scope, {10 * data.num_classes} prune images, "
-          f"synflow {args.synflow_iterations} iterations, median of {args.repeats}, "
-          f"{torch.get_num_threads()} threads, PyTorch {torch.__version__}\n")
+    print(
+        f"data: {source}; sparsity {args.sparsity}, global scope, {10 * data.num_classes} prune images, "
+        f"synflow {args.synflow_iterations} iterations, median of {args.repeats}, "
+        f"{torch.get_num_threads()} threads, PyTorch {torch.__version__}\n"
+    )
     print("| model | method | ours (s) | plain (s) | ratio | ours exact | plain exact (kept - target) |")
     print("|---|---|---:|---:|---:|---|---|")
     for name in args.models:

@@ -45,22 +45,31 @@ HEAVY = {"resnet18"}  # about 10x ResNet-20's step on CPU: fewer rounds there (-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet20,resnet18", help="comma list (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=30,
-                        help="timed rounds per model (default: %(default)s)")
-    parser.add_argument("--heavy-rounds", type=int, default=6,
-                        help="rounds for ResNet-18 on CPU, after 1 warm-up round (default: %(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, default=30, help="timed rounds per model (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--heavy-rounds",
+        type=int,
+        default=6,
+        help="rounds for ResNet-18 on CPU, after 1 warm-up round (default: %(default)s)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.98)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--devices", default="cpu,cuda",
-                        help="comma list; cuda is skipped where there is none (default: %(default)s)")
+    parser.add_argument(
+        "--devices",
+        default="cpu,cuda",
+        help="comma list; cuda is skipped where there is none (default: %(default)s)",
+    )
     parser.add_argument("--compile", action="store_true", help="compile the masked and ghost steps")
     return parser.parse_args()
 
 
-def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               amp: bool) -> None:
+def plain_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, amp: bool
+) -> None:
     """The textbook PyTorch step, with the autocast the trainer uses on the same device."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
         loss = F.cross_entropy(model(images).float(), labels)
@@ -69,8 +78,9 @@ def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     optimizer.step()
 
 
-def step_cases(name: str, data: ImageDataset, device: torch.device, args: argparse.Namespace
-               ) -> tuple[dict[str, Callable[[], object]], MaskEnforcer]:
+def step_cases(
+    name: str, data: ImageDataset, device: torch.device, args: argparse.Namespace
+) -> tuple[dict[str, Callable[[], object]], MaskEnforcer]:
     """dense / masked / ghost steps on copies of one initialised model and one augmented batch.
 
     Also returns the masked step's enforcer, whose hooks are the whole difference from dense.
@@ -107,6 +117,7 @@ def hook_seconds(enforcer: MaskEnforcer, device: torch.device, calls: int = 200)
 
     Far steadier than the difference of two noisy step medians, and it is all the mask adds.
     """
+
     def hooks() -> None:
         enforcer.zero_gradients()
         enforcer.zero_weights()
@@ -124,10 +135,14 @@ def measure(name: str, data: ImageDataset, device: torch.device, args: argparse.
     ratio = masked.median / dense.median
     print(f"{name} on {device}, batch {args.batch_size}, {rounds} rounds after {warmup} warm-up:")
     print(f"  dense  {dense.ms()}")
-    print(f"  masked {masked.ms()}  masked/dense {ratio:.3f} "
-          f"(paired {paired_ratio(times['masked'], times['dense']).median:.3f})")
-    print(f"  ghost  {ghost.ms()}  ghost/dense  {ghost.median / dense.median:.3f} "
-          f"(paired {paired_ratio(times['ghost'], times['dense']).median:.3f})")
+    print(
+        f"  masked {masked.ms()}  masked/dense {ratio:.3f} "
+        f"(paired {paired_ratio(times['masked'], times['dense']).median:.3f})"
+    )
+    print(
+        f"  ghost  {ghost.ms()}  ghost/dense  {ghost.median / dense.median:.3f} "
+        f"(paired {paired_ratio(times['ghost'], times['dense']).median:.3f})"
+    )
     hooks = hook_seconds(enforcer, device)
     share = hooks / dense.median
     print(f"  mask hooks alone {hooks * 1e3:.3f} ms per step = {share:.2%} of dense", flush=True)
@@ -143,8 +158,10 @@ def main() -> None:
     if not devices:
         raise SystemExit(f"none of the devices {args.devices} is available here")
     data, source = cifar_or_synthetic()
-    print(f"machine: {machine(devices[-1])}\ndata: {source}\nmask: random, sparsity {args.sparsity}"
-          f"{'; masked and ghost steps compiled' if args.compile else ''}")
+    print(
+        f"machine: {machine(devices[-1])}\ndata: {source}\nmask: random, sparsity {args.sparsity}"
+        f"{'; masked and ghost steps compiled' if args.compile else ''}"
+    )
     ratios = {}
     for device in devices:
         placed = data.to(device)

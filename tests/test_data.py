@@ -389,8 +389,15 @@ def test_flip_only_mirrors_and_digit_style_has_no_flip() -> None:
     def augmented(flip: bool) -> torch.Tensor:
         x, _ = next(
             iterate_batches(
-                images, torch.arange(64), 64, mean=(0,) * 3, std=(1 / 255,) * 3, shuffle=False,
-                augment=True, flip=flip, generator=torch.Generator().manual_seed(0),
+                images,
+                torch.arange(64),
+                64,
+                mean=(0,) * 3,
+                std=(1 / 255,) * 3,
+                shuffle=False,
+                augment=True,
+                flip=flip,
+                generator=torch.Generator().manual_seed(0),
             )
         )
         return x

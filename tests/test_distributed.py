@@ -21,9 +21,19 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 FLAGS = {
-    "model": "cnn", "data": "digits", "train_subset": 512, "batch_size": 128, "epochs": 2, "lr": 0.05,
-    "mask_method": "random", "sparsity": 0.9, "recipe": "default", "threads": 1, "device": "cpu",
-    "progress": False, "eval_batch_size": 512,
+    "model": "cnn",
+    "data": "digits",
+    "train_subset": 512,
+    "batch_size": 128,
+    "epochs": 2,
+    "lr": 0.05,
+    "mask_method": "random",
+    "sparsity": 0.9,
+    "recipe": "default",
+    "threads": 1,
+    "device": "cpu",
+    "progress": False,
+    "eval_batch_size": 512,
 }
 INTERRUPT_AT_EPOCH = 1  # the interrupted run stops after this many epochs (its checkpoint is written)
 RUN_FILES = {"config.json", "mask.safetensors", "metrics.jsonl", "model.safetensors", "summary.json"}
@@ -51,8 +61,16 @@ def launch(args: list[str], *, ranks: int) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable]
     if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                     "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+        ]
     command = [*launcher, *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
     if result.returncode != 0 and "terminate called without an active" in result.stdout + result.stderr:
@@ -94,8 +112,9 @@ def assert_same_weights(actual: Tensors, expected: Tensors, atol: float) -> None
     """Every tensor within `atol` (0: bit for bit), naming the first that is not."""
     assert actual.keys() == expected.keys()
     for key in expected:
-        torch.testing.assert_close(actual[key], expected[key], atol=atol, rtol=0,
-                                   msg=lambda message, key=key: f"{key}: {message}")
+        torch.testing.assert_close(
+            actual[key], expected[key], atol=atol, rtol=0, msg=lambda message, key=key: f"{key}: {message}"
+        )
 
 
 def metrics(folder: Path) -> list[dict[str, float]]:
@@ -189,10 +208,18 @@ def record_batchnorm(out: Path) -> None:
     for p in module.parameters():
         p.grad.mul_(world.size)
     average_gradients(list(module.parameters()), world)
-    torch.save({
-        "kind": type(module).__name__, "y": y.detach(), "x_grad": x.grad, "running_mean": module.running_mean,
-        "running_var": module.running_var, "weight_grad": module.weight.grad, "bias_grad": module.bias.grad,
-    }, out.parent / f"{out.name}-bn{world.rank}.pt")
+    torch.save(
+        {
+            "kind": type(module).__name__,
+            "y": y.detach(),
+            "x_grad": x.grad,
+            "running_mean": module.running_mean,
+            "running_var": module.running_var,
+            "weight_grad": module.weight.grad,
+            "bias_grad": module.bias.grad,
+        },
+        out.parent / f"{out.name}-bn{world.rank}.pt",
+    )
 
 
 def worker(mode: str, out: Path) -> None:

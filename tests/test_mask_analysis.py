@@ -112,11 +112,21 @@ class Tiny(nn.Module):
 
 def test_inspect_rows_report_counts_collapse_and_gaps() -> None:
     net = Tiny()
-    mask = Mask({"conv.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool),
-                 "fc.weight": torch.zeros(4, 8, dtype=torch.bool)})
+    mask = Mask(
+        {
+            "conv.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool),
+            "fc.weight": torch.zeros(4, 8, dtype=torch.bool),
+        }
+    )
     conv, fc = inspect_rows(mask)
     assert (conv.name, conv.shape, conv.kept, conv.total, conv.density, conv.collapsed) == (
-        "conv.weight", (8, 3, 3, 3), 216, 216, 1.0, False)
+        "conv.weight",
+        (8, 3, 3, 3),
+        216,
+        216,
+        1.0,
+        False,
+    )
     assert conv.gap == pytest.approx(math.sqrt(7) + math.sqrt(26), abs=1e-6)
     assert conv.weighted_gap is None
     assert fc.collapsed and fc.gap is None and "undefined" in fc.note

@@ -27,13 +27,7 @@ from anymask.errors import AnymaskError
 from anymask.masks import Mask, MaskConfig, make_mask, mask_from_scores, prunable_parameters
 from anymask.masks.lth import TrainedRound, round_densities
 from anymask.masks.random_graphs import erk_densities
-from anymask.masks.scoring import (
-    grasp_scores,
-    make_nonnegative,
-    prune_indices,
-    snip_scores,
-    synflow_scores,
-)
+from anymask.masks.scoring import grasp_scores, make_nonnegative, prune_indices, snip_scores, synflow_scores
 from anymask.models import create_model
 from anymask.steps import Step
 
@@ -53,8 +47,21 @@ def synthetic_data(
     x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
     y = torch.arange(n) % classes
     empty_x, empty_y = torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    return ImageDataset("synthetic", x, y, empty_x, empty_y, x, y, classes, (0.5,) * shape[0],
-                        (0.25,) * shape[0], 0, False, [str(c) for c in range(classes)])
+    return ImageDataset(
+        "synthetic",
+        x,
+        y,
+        empty_x,
+        empty_y,
+        x,
+        y,
+        classes,
+        (0.5,) * shape[0],
+        (0.25,) * shape[0],
+        0,
+        False,
+        [str(c) for c in range(classes)],
+    )
 
 
 @functools.cache
@@ -123,8 +130,9 @@ def test_kept_counts_are_exact(
     name: str, method: str, scope: str, sparsity: float, data: ImageDataset
 ) -> None:
     net = _built(name, MODELS[name])  # make_mask must not change it (tested below), so share it
-    config = MaskConfig(mask_method=method, sparsity=sparsity, scope=scope, synflow_iterations=5,
-                        prune_samples_per_class=1)
+    config = MaskConfig(
+        mask_method=method, sparsity=sparsity, scope=scope, synflow_iterations=5, prune_samples_per_class=1
+    )
     mask = quiet_make_mask(net, config, data=data, seed=1)
     assert_exact_counts(mask, prunable_parameters(net), method, scope, 1 - sparsity)
 
@@ -150,6 +158,7 @@ def assert_exact_counts(
 
 def reference_erk(params: dict[str, torch.Tensor], density: float, kernel: bool) -> dict[str, float]:
     """rigl's get_sparsities_erdos_renyi loop, written independently: one densest layer at a time."""
+
     def raw(shape: tuple[int, ...]) -> float:
         dims = shape if kernel else shape[:2]
         return sum(dims) / math.prod(dims)
@@ -298,8 +307,11 @@ def test_synflow_in_float64_gives_the_float32_mask_on_a_shallow_net() -> None:
 def test_synflow_keeps_vgg16_connected_where_magnitude_collapses() -> None:
     net = _built("vgg16", 0.25)
     magnitude = quiet_make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.999))
-    synflow = make_mask(net, MaskConfig(mask_method="synflow", sparsity=0.999, synflow_iterations=20),
-                        extras={"input_shape": SMALL})
+    synflow = make_mask(
+        net,
+        MaskConfig(mask_method="synflow", sparsity=0.999, synflow_iterations=20),
+        extras={"input_shape": SMALL},
+    )
     assert magnitude.collapsed_layers()
     assert not synflow.collapsed_layers()
 
@@ -354,8 +366,9 @@ def test_make_mask_leaves_the_model_unchanged(method: str, data: ImageDataset) -
     modes = [m.training for m in net.modules()]
     flags = [p.requires_grad for p in net.parameters()]
     rng = torch.get_rng_state()
-    config = MaskConfig(mask_method=method, sparsity=0.9, synflow_iterations=3, prune_samples_per_class=1,
-                        float64=True)
+    config = MaskConfig(
+        mask_method=method, sparsity=0.9, synflow_iterations=3, prune_samples_per_class=1, float64=True
+    )
     quiet_make_mask(net, config, data=data)
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
@@ -400,8 +413,13 @@ shapes = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 7)), min_size=1, m
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes=shapes, density=st.floats(0, 1), scope=st.sampled_from(["global", "layer"]),
-       levels=st.integers(1, 3), seed=st.integers(0, 2**16))
+@given(
+    shapes=shapes,
+    density=st.floats(0, 1),
+    scope=st.sampled_from(["global", "layer"]),
+    levels=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
 def test_counts_are_exact_under_ties(
     shapes: list[tuple[int, int]], density: float, scope: str, levels: int, seed: int
 ) -> None:
@@ -422,8 +440,13 @@ def test_counts_are_exact_under_ties(
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes=shapes, keep=st.floats(0, 1), shrink=st.floats(0, 1),
-       scope=st.sampled_from(["global", "layer"]), seed=st.integers(0, 2**16))
+@given(
+    shapes=shapes,
+    keep=st.floats(0, 1),
+    shrink=st.floats(0, 1),
+    scope=st.sampled_from(["global", "layer"]),
+    seed=st.integers(0, 2**16),
+)
 def test_previous_mask_is_never_revived(
     shapes: list[tuple[int, int]], keep: float, shrink: float, scope: str, seed: int
 ) -> None:
@@ -456,8 +479,9 @@ class FakeTrainer:
     def __init__(self, net: nn.Module) -> None:
         self.net, self.calls = net, []
 
-    def __call__(self, mask: Mask, state: dict[str, torch.Tensor], start_step: int,
-                 capture_step: int | None) -> TrainedRound:
+    def __call__(
+        self, mask: Mask, state: dict[str, torch.Tensor], start_step: int, capture_step: int | None
+    ) -> TrainedRound:
         self.calls.append((mask, state, start_step, capture_step))
         g = torch.Generator().manual_seed(len(self.calls))
         final = {k: v.clone() for k, v in state.items()}

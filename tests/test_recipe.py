@@ -508,9 +508,20 @@ def test_tost_run_saves_the_plain_model_with_exactly_the_masks_weights(tmp_path:
 
     config = RunConfig().updated(
         {
-            "data": "digits", "train_subset": 256, "model": "cnn", "width": 0.5, "epochs": 2,
-            "batch_size": 64, "mask_method": "random", "sparsity": 0.8, "recipe": "tost", "ghost_epochs": 1.0,
-            "gradinit_iterations": 4, "gradinit_batch_size": 32, "progress": False, "device": "cpu",
+            "data": "digits",
+            "train_subset": 256,
+            "model": "cnn",
+            "width": 0.5,
+            "epochs": 2,
+            "batch_size": 64,
+            "mask_method": "random",
+            "sparsity": 0.8,
+            "recipe": "tost",
+            "ghost_epochs": 1.0,
+            "gradinit_iterations": 4,
+            "gradinit_batch_size": 32,
+            "progress": False,
+            "device": "cpu",
         }
     )
     result = run_experiment(config, tmp_path / "run")

@@ -17,11 +17,20 @@ from anymask.experiments.report import collect_runs, markdown_table, write_repor
 from anymask.masks import Mask
 
 
-def make_run(root: Path, mask: str, sparsity: float, recipe: str, seed: int, final: float, best: float,
-             **settings: object) -> Path:
+def make_run(
+    root: Path,
+    mask: str,
+    sparsity: float,
+    recipe: str,
+    seed: int,
+    final: float,
+    best: float,
+    **settings: object,
+) -> Path:
     """A finished run folder as anymask.train.run leaves it (no weights: the report never reads them)."""
-    config = RunConfig.from_flat({"mask_method": mask, "sparsity": sparsity, "recipe": recipe, "seed": seed,
-                                  "epochs": 3, **settings})
+    config = RunConfig.from_flat(
+        {"mask_method": mask, "sparsity": sparsity, "recipe": recipe, "seed": seed, "epochs": 3, **settings}
+    )
     folder = root / config.hash()
     folder.mkdir(parents=True)
     save_config(config, folder / "config.json")
@@ -29,10 +38,22 @@ def make_run(root: Path, mask: str, sparsity: float, recipe: str, seed: int, fin
     records = [{"epoch": e + 1, "test_acc": acc, "seconds": 1.0} for e, acc in enumerate(curve)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = {
-        "model": "cnn", "data": "digits", "mask_method": mask, "sparsity": sparsity, "recipe": recipe,
-        "seed": seed, "epochs": 3, "final_test_acc": final, "best_test_acc": best, "best_test_epoch": 2,
-        "mask_kept": 10, "mask_total": 100, "mask_density": 1 - sparsity, "nonzero_weights": 10,
-        "train_seconds": 3.0 + seed, "config_hash": config.hash(),
+        "model": "cnn",
+        "data": "digits",
+        "mask_method": mask,
+        "sparsity": sparsity,
+        "recipe": recipe,
+        "seed": seed,
+        "epochs": 3,
+        "final_test_acc": final,
+        "best_test_acc": best,
+        "best_test_epoch": 2,
+        "mask_kept": 10,
+        "mask_total": 100,
+        "mask_density": 1 - sparsity,
+        "nonzero_weights": 10,
+        "train_seconds": 3.0 + seed,
+        "config_hash": config.hash(),
     }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
@@ -93,12 +114,26 @@ def test_mean_std_and_paired_gain(runs: Path, tmp_path: Path, capsys: pytest.Cap
 
     markdown = (tmp_path / "report" / "report.md").read_text()
     table = table_cells(markdown)
-    assert table[0] == ["mask", "sparsity", "default final", "default best", "tost final", "tost best",
-                        "tost gain"]
+    assert table[0] == [
+        "mask",
+        "sparsity",
+        "default final",
+        "default best",
+        "tost final",
+        "tost best",
+        "tost gain",
+    ]
     assert table[2:] == [
         ["random", "98%", "50.00 (1)", "60.00 (1)", "60.00 (1)", "60.00 (1)", "+10.00 (unpaired)"],
-        ["snip", "90%", "82.00 ± 2.00 (3)", "84.33 ± 2.08 (3)", "85.50 ± 0.71 (2)", "87.00 ± 1.41 (2)",
-         "+3.50 (2)"],
+        [
+            "snip",
+            "90%",
+            "82.00 ± 2.00 (3)",
+            "84.33 ± 2.08 (3)",
+            "85.50 ± 0.71 (2)",
+            "87.00 ± 1.41 (2)",
+            "+3.50 (2)",
+        ],
     ]
     matrix = tables_cells(markdown)[1]  # the same final accuracies, one column per sparsity
     assert matrix[0] == ["mask", "recipe", "90%", "98%"]
@@ -116,8 +151,13 @@ def test_mean_std_and_paired_gain(runs: Path, tmp_path: Path, capsys: pytest.Cap
 def test_report_writes_plots_and_keeps_times_apart(runs: Path, tmp_path: Path) -> None:
     files = write_report([runs], tmp_path / "report")
     names = {path.name for path in files}
-    assert {"report.md", "results.csv", "timings.csv", "accuracy_vs_sparsity_cnn_digits.png",
-            "learning_curves_cnn_digits.png"} <= names
+    assert {
+        "report.md",
+        "results.csv",
+        "timings.csv",
+        "accuracy_vs_sparsity_cnn_digits.png",
+        "learning_curves_cnn_digits.png",
+    } <= names
     assert "densities_cnn_digits.png" not in names  # hand-made folders have no mask files
     for name in names - {"report.md", "results.csv", "timings.csv"}:
         assert (tmp_path / "report" / name).read_bytes().startswith(b"\x89PNG")
@@ -184,8 +224,9 @@ def test_kept_runs_rebuild_the_same_report(runs: Path, tmp_path: Path) -> None:
 
 def test_kept_runs_hold_the_mask_densities_for_the_density_plot(tmp_path: Path) -> None:
     folder = make_run(tmp_path / "runs", "snip", 0.5, "default", 0, 0.8, 0.8)
-    Mask({"a.weight": torch.tensor([True, False, False, False]), "b.weight": torch.ones(2, dtype=torch.bool)}
-         ).save(folder / "mask.safetensors")
+    Mask(
+        {"a.weight": torch.tensor([True, False, False, False]), "b.weight": torch.ones(2, dtype=torch.bool)}
+    ).save(folder / "mask.safetensors")
     write_report([tmp_path / "runs"], tmp_path / "report", keep_runs=True)
     kept = tmp_path / "report" / "runs" / folder.name
     assert json.loads((kept / "layer_densities.json").read_text()) == {"a.weight": 0.25, "b.weight": 1.0}
@@ -222,5 +263,7 @@ def test_one_recipe_matrix_has_no_recipe_column_and_one_sparsity_has_no_matrix(t
 
 def test_markdown_table_pads_columns() -> None:
     assert markdown_table(["a", "long"], [["xyz", "1"]]).splitlines() == [
-        "| a   | long |", "| --- | ---- |", "| xyz | 1    |",
+        "| a   | long |",
+        "| --- | ---- |",
+        "| xyz | 1    |",
     ]

@@ -56,8 +56,10 @@ def test_grid_expands_in_file_order_last_key_fastest(tmp_path: Path) -> None:
     sweep = load_sweep(path)
     assert sweep.base == {"epochs": 2}
     assert sweep.points() == [
-        {"sparsity": 0.9, "recipe": "default"}, {"sparsity": 0.9, "recipe": "ls"},
-        {"sparsity": 0.98, "recipe": "default"}, {"sparsity": 0.98, "recipe": "ls"},
+        {"sparsity": 0.9, "recipe": "default"},
+        {"sparsity": 0.9, "recipe": "ls"},
+        {"sparsity": 0.98, "recipe": "default"},
+        {"sparsity": 0.98, "recipe": "ls"},
     ]
     runs = sweep.plan(tmp_path / "out")
     assert [run.folder for run in runs] == [tmp_path / "out" / run.config.hash() for run in runs]
@@ -146,8 +148,9 @@ def kill_after_first_run_and_a_checkpoint(path: Path, out: Path) -> None:
     """Start the sweep as a command and SIGKILL it (and its worker) once one run has finished and
     another has saved an epoch checkpoint, so the second invocation must really resume mid-run."""
     command = [sys.executable, "-m", "anymask", "sweep", str(path), "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         mid_run = [p for p in out.glob("*/checkpoint.pt") if not (p.parent / "summary.json").exists()]
@@ -179,8 +182,10 @@ def test_sweep_finishes_every_run_and_records_it(sweeps: dict[str, Path]) -> Non
     out = sweeps["parallel"]
     record = json.loads((out / "sweep.json").read_text())
     assert sorted(run["hash"] for run in record["runs"]) == sorted(finished(out))
-    assert len(record["runs"]) == 4 and record["grid"] == {"mask_method": ["random", "snip"],
-                                                           "recipe": ["default", "ls"]}
+    assert len(record["runs"]) == 4 and record["grid"] == {
+        "mask_method": ["random", "snip"],
+        "recipe": ["default", "ls"],
+    }
     assert [r["values"] for r in record["runs"]][1] == {"mask_method": "random", "recipe": "ls"}
     assert not list(out.glob("*/checkpoint.pt"))
 
@@ -201,7 +206,8 @@ def test_resumed_and_parallel_sweeps_give_identical_results(sweeps: dict[str, Pa
     assert len(set(accuracies(sweeps["parallel"]).values())) > 1  # the runs learned different things
     for name in ("report.md", "results.csv"):
         assert (sweeps["interrupted"] / "report" / name).read_bytes() == (
-            sweeps["parallel"] / "report" / name).read_bytes()
+            sweeps["parallel"] / "report" / name
+        ).read_bytes()
 
 
 def test_rerunning_a_finished_sweep_runs_nothing(

@@ -69,9 +69,14 @@ def _train_batches(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.rsplit("_", 1)[1]))
 
 
-def _cifar(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-           class_names: list[str], mean: tuple[float, float, float],
-           std: tuple[float, float, float]) -> ImageDataset:
+def _cifar(
+    name: str,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    class_names: list[str],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+) -> ImageDataset:
     """The two CIFARs differ only in files, class count and channel statistics; no validation split."""
     train_x, train_y = train
     return ImageDataset(
@@ -98,8 +103,14 @@ def load_cifar10(data_dir: Path) -> ImageDataset:
     test = _read_batch("cifar10", _require("cifar10", root / "test_batch", CIFAR10_FOLDER), "labels", 10)
     meta = _require("cifar10", root / "batches.meta", CIFAR10_FOLDER)
     train = (torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
-    return _cifar("cifar10", train, test, _class_names("cifar10", meta, "label_names", 10),
-                  mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+    return _cifar(
+        "cifar10",
+        train,
+        test,
+        _class_names("cifar10", meta, "label_names", 10),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+    )
 
 
 @DATASETS.register("cifar100")
@@ -111,5 +122,11 @@ def load_cifar100(data_dir: Path) -> ImageDataset:
 
     train, test = split("train"), split("test")
     meta = _require("cifar100", root / "meta", CIFAR100_FOLDER)
-    return _cifar("cifar100", train, test, _class_names("cifar100", meta, "fine_label_names", 100),
-                  mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+    return _cifar(
+        "cifar100",
+        train,
+        test,
+        _class_names("cifar100", meta, "fine_label_names", 100),
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+    )

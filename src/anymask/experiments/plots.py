@@ -109,8 +109,16 @@ def _accuracy_line(ax: Axes, table: Table, mask: str, recipe: str, sparsities: l
     if not points:
         return
     stats = [_percent_stats(g.values("final_test_acc")) for _, g in points]
-    ax.errorbar([i for i, _ in points], [m for m, _ in stats], yerr=[s for _, s in stats], label=recipe,
-                color=recipe_color(table, recipe), marker="o", capsize=3, linewidth=1.5)
+    ax.errorbar(
+        [i for i, _ in points],
+        [m for m, _ in stats],
+        yerr=[s for _, s in stats],
+        label=recipe,
+        color=recipe_color(table, recipe),
+        marker="o",
+        capsize=3,
+        linewidth=1.5,
+    )
 
 
 def _dense_reference(ax: Axes, table: Table) -> None:
@@ -118,8 +126,13 @@ def _dense_reference(ax: Axes, table: Table) -> None:
     for group in table.groups:
         if group.mask == "dense":
             mean, _ = _percent_stats(group.values("final_test_acc"))
-            ax.axhline(mean, color=recipe_color(table, group.recipe), linestyle="--", linewidth=1,
-                       label=f"dense, {group.recipe}")
+            ax.axhline(
+                mean,
+                color=recipe_color(table, group.recipe),
+                linestyle="--",
+                linewidth=1,
+                label=f"dense, {group.recipe}",
+            )
 
 
 def _percent_stats(values: Sequence[float]) -> tuple[float, float]:
@@ -153,8 +166,14 @@ def _curve(ax: Axes, group: Group, color: str) -> None:
     ax.plot(x, mean, color=color, linewidth=1.5, label=group.recipe)
     if len(group.runs) > 1:
         std = [statistics.stdev(values) for values in per_epoch]
-        ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
-                        [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.2, linewidth=0)
+        ax.fill_between(
+            x,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
 
 
 # -- per-layer densities -------------------------------------------------------------------------------
@@ -167,7 +186,8 @@ def densities(table: Table) -> Figure | None:
     layers: dict[str, dict[str, float]] = {}
     for mask in table.masks:
         group = table.group(mask, sparsity, BASELINE) or next(
-            (g for g in table.groups if (g.mask, g.sparsity) == (mask, sparsity)), None)
+            (g for g in table.groups if (g.mask, g.sparsity) == (mask, sparsity)), None
+        )
         density = layer_densities(group.runs[0].folder) if group else None
         if density is not None:
             layers[mask] = density
@@ -180,19 +200,36 @@ def densities(table: Table) -> Figure | None:
     for i, (mask, density) in enumerate(layers.items()):
         values = [density.get(n, math.nan) for n in names]
         color = COLORS[i % len(COLORS)]
-        ax.plot(range(len(names)), [v if v > 0 else math.nan for v in values], marker="o", markersize=4,
-                linewidth=1.2, color=color, label=mask)
+        ax.plot(
+            range(len(names)),
+            [v if v > 0 else math.nan for v in values],
+            marker="o",
+            markersize=4,
+            linewidth=1.2,
+            color=color,
+            label=mask,
+        )
         collapsed = [x for x, v in enumerate(values) if v == 0]
         if collapsed:  # log scale has no 0: mark layers left without weights at the bottom
-            ax.scatter(collapsed, [floor] * len(collapsed), marker="x", s=60, color=color,
-                       label=f"{mask}: layer with no weights")
+            ax.scatter(
+                collapsed,
+                [floor] * len(collapsed),
+                marker="x",
+                s=60,
+                color=color,
+                label=f"{mask}: layer with no weights",
+            )
     ax.axhline(1 - sparsity, color="black", linestyle=":", linewidth=1, label="overall density")
     ax.set_yscale("log")
     ax.set_ylim(top=1.3)  # always show the 100% tick: dense layers are the reference
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=None))
     many = len(names) > 8
-    ax.set_xticks(range(len(names)), [n.removesuffix(".weight") for n in names], rotation=90 if many else 0,
-                  fontsize=7 if many else 9)
+    ax.set_xticks(
+        range(len(names)),
+        [n.removesuffix(".weight") for n in names],
+        rotation=90 if many else 0,
+        fontsize=7 if many else 9,
+    )
     ax.set_xlabel("layer (input to output)")
     title = f"{table.title}: per-layer density of each mask at {sparsity_label(sparsity)} sparsity"
     _finish(figure, [ax], title, "weights kept in the layer (log scale)")

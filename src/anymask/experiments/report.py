@@ -211,8 +211,7 @@ def _varying_settings(runs: Sequence[Run]) -> list[str]:
     gets its own table. A setting only some runs read (lth_epochs, gsc_mode) varies only among those."""
     keys = sorted(set().union(*(run.settings for run in runs)) - AXES) if runs else []
     return [
-        key for key in keys
-        if len({json.dumps(run.settings[key]) for run in runs if key in run.settings}) > 1
+        key for key in keys if len({json.dumps(run.settings[key]) for run in runs if key in run.settings}) > 1
     ]
 
 
@@ -302,9 +301,24 @@ def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
 def results_csv(tables: Sequence[Table]) -> str:
     """One row per group; accuracies as fractions like summary.json, gains over the default recipe."""
     header = [
-        "model", "data", "setting", "mask", "sparsity", "recipe", "n", "seeds", "mask_density",
-        "final_test_acc_mean", "final_test_acc_std", "best_test_acc_mean", "best_test_acc_std",
-        "test_acc_at_best_val_mean", "test_acc_at_best_val_std", "final_gain", "best_gain", "gain_seeds",
+        "model",
+        "data",
+        "setting",
+        "mask",
+        "sparsity",
+        "recipe",
+        "n",
+        "seeds",
+        "mask_density",
+        "final_test_acc_mean",
+        "final_test_acc_std",
+        "best_test_acc_mean",
+        "best_test_acc_std",
+        "test_acc_at_best_val_mean",
+        "test_acc_at_best_val_std",
+        "final_gain",
+        "best_gain",
+        "gain_seeds",
     ]
     rows = [_csv_row(table, group) for table in tables for group in table.groups]
     return _csv_text(header, rows)
@@ -315,8 +329,14 @@ def _csv_row(table: Table, group: Group) -> list[str]:
     keys = ("final_test_acc", "best_test_acc")
     gains = [group.gain_over(baseline, key) for key in keys] if baseline else []
     return [
-        table.model, table.data, table.setting, group.mask, f"{group.sparsity:g}", group.recipe,
-        str(len(group.runs)), ";".join(map(str, group.seeds)),
+        table.model,
+        table.data,
+        table.setting,
+        group.mask,
+        f"{group.sparsity:g}",
+        group.recipe,
+        str(len(group.runs)),
+        ";".join(map(str, group.seeds)),
         _number(statistics.fmean(group.values("mask_density"))),
         *_mean_std_fields(group.values("final_test_acc")),
         *_mean_std_fields(group.values("best_test_acc")),
@@ -341,9 +361,18 @@ def timings_csv(tables: Sequence[Table]) -> str:
     """Train time per group: kept apart because wall time changes from one machine and run to the next."""
     header = ["model", "data", "setting", "mask", "sparsity", "recipe", "n", "train_seconds_mean"]
     rows = [
-        [t.model, t.data, t.setting, g.mask, f"{g.sparsity:g}", g.recipe, str(len(g.runs)),
-         f"{statistics.fmean(g.values('train_seconds')):.1f}"]
-        for t in tables for g in t.groups
+        [
+            t.model,
+            t.data,
+            t.setting,
+            g.mask,
+            f"{g.sparsity:g}",
+            g.recipe,
+            str(len(g.runs)),
+            f"{statistics.fmean(g.values('train_seconds')):.1f}",
+        ]
+        for t in tables
+        for g in t.groups
     ]
     return _csv_text(header, rows)
 
@@ -374,7 +403,8 @@ def keep_matching(runs: Sequence[Run], filters: dict[str, list[Any]]) -> list[Ru
     """Runs whose settings are among the accepted values; a run that never reads a key passes on it
     (the default protocol passes --only ghost_epochs=4, as it is the baseline of such runs)."""
     return [
-        run for run in runs
+        run
+        for run in runs
         if all(key not in run.settings or run.settings[key] in values for key, values in filters.items())
     ]
 
@@ -400,11 +430,15 @@ def write_report(
     if keep_runs:
         keep_run_files(runs, out / "runs")
     plots = {table.slug: _write_plots(table, out) for table in tables}
-    sections = [table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug])
-                for t in tables]
+    sections = [
+        table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug]) for t in tables
+    ]
     markdown = f"# anymask report\n\n{len(runs)} finished runs.\n\n" + "\n".join(sections)
-    written = {out / "report.md": markdown, out / "results.csv": results_csv(tables),
-               out / "timings.csv": timings_csv(tables)}
+    written = {
+        out / "report.md": markdown,
+        out / "results.csv": results_csv(tables),
+        out / "timings.csv": timings_csv(tables),
+    }
     for path, text in written.items():
         atomic_write_text(path, text)
     print("\n".join(table_markdown(t) for t in tables))

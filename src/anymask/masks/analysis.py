@@ -63,8 +63,10 @@ def compare(a: Mask, b: Mask) -> Comparison:
     """Per-layer and overall IoU of the kept sets and Hamming distance of two masks of one model."""
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
-        raise AnymaskError(f"the masks cover different weights ('{only[0]}' is in one only); "
-                           "compare masks made for the same model and prunable layers")
+        raise AnymaskError(
+            f"the masks cover different weights ('{only[0]}' is in one only); "
+            "compare masks made for the same model and prunable layers"
+        )
     counts = [_counts(name, a[name], b[name]) for name in a]
     layers = [_overlap(name, *c) for name, c in zip(a, counts, strict=True)]
     overall = _overlap("all", *(sum(c[i] for c in counts) for i in range(4)))
@@ -162,8 +164,19 @@ def inspect_rows(mask: Mask, model: nn.Module | None = None) -> list[LayerRow]:
     for layer in mask.layers():
         weight = None if model is None else model.get_parameter(layer.name).detach()
         gap, weighted, note = _gaps(mask[layer.name], weight)
-        rows.append(LayerRow(layer.name, layer.shape, layer.kept, layer.total, layer.density,
-                             layer.collapsed, gap, weighted, note))
+        rows.append(
+            LayerRow(
+                layer.name,
+                layer.shape,
+                layer.kept,
+                layer.total,
+                layer.density,
+                layer.collapsed,
+                gap,
+                weighted,
+                note,
+            )
+        )
     return rows
 
 

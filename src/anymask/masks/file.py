@@ -36,7 +36,7 @@ def from_file(context: PruneContext) -> Mask:
 def strip_parallel_prefix(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys without the 'module.' that nn.DataParallel / DistributedDataParallel put in front."""
     if tensors and all(k.startswith(PARALLEL_PREFIX) for k in tensors):
-        return {k[len(PARALLEL_PREFIX):]: v for k, v in tensors.items()}
+        return {k[len(PARALLEL_PREFIX) :]: v for k, v in tensors.items()}
     return dict(tensors)
 
 

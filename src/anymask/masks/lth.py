@@ -75,8 +75,10 @@ def clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def trained_weights(round_: TrainedRound, names: list[str]) -> dict[str, torch.Tensor]:
     missing = [name for name in names if name not in round_.state]
     if missing:
-        raise AnymaskError(f"the lth training round returned a state without '{missing[0]}'; it must be "
-                           "the model's full state_dict")
+        raise AnymaskError(
+            f"the lth training round returned a state without '{missing[0]}'; it must be "
+            "the model's full state_dict"
+        )
     return {name: round_.state[name] for name in names}
 
 
@@ -98,8 +100,10 @@ def lth(context: PruneContext) -> Mask:
     trained = context.train(mask, initial, 0, rewind or None)
     rewind_state = initial if rewind == 0 else trained.captured
     if rewind_state is None:
-        raise AnymaskError(f"lth: round 0 returned no weights at the rewind step {rewind}; is the rewind "
-                           "point beyond the length of a training round?")
+        raise AnymaskError(
+            f"lth: round 0 returned no weights at the rewind step {rewind}; is the rewind "
+            "point beyond the length of a training round?"
+        )
     for k, density in enumerate(densities, start=1):
         scores = magnitude_scores(trained_weights(trained, names))
         mask = mask_from_scores(scores, density, config.scope, previous=mask)
@@ -126,8 +130,13 @@ class RoundLog:
     def write(self, round_: int, mask: Mask, pruned_from_acc: float) -> None:
         if self.out_dir is None:
             return
-        record = {"round": round_, "sparsity": mask.sparsity(), "kept": mask.kept(), "total": mask.total(),
-                  "test_acc": pruned_from_acc}
+        record = {
+            "round": round_,
+            "sparsity": mask.sparsity(),
+            "kept": mask.kept(),
+            "total": mask.total(),
+            "test_acc": pruned_from_acc,
+        }
         with (self.out_dir / ROUNDS_LOG).open("a") as log:
             log.write(json.dumps(record) + "\n")
         mask.save(self.out_dir / f"lth_round_{round_}.safetensors")

@@ -98,13 +98,19 @@ def prune_batches(context: PruneContext, method: str) -> list[Batch]:
             f"mask method '{method}' scores weights on training images but no dataset was given; "
             "pass data= to make_mask (the anymask commands do this)"
         )
-    idx = prune_indices(data.train_y, config.prune_samples_per_class, data.num_classes,
-                        config.prune_balanced, context.generator)
+    idx = prune_indices(
+        data.train_y,
+        config.prune_samples_per_class,
+        data.num_classes,
+        config.prune_balanced,
+        context.generator,
+    )
     if len(idx) == 0:
         raise AnymaskError(f"mask method '{method}' found no training images to score with")
     images, labels = data.train_x[idx.to(data.train_x.device)], data.train_y[idx.to(data.train_y.device)]
-    batches = iterate_batches(images, labels, PRUNE_BATCH_SIZE, mean=data.mean, std=data.std,
-                              shuffle=False, augment=False)
+    batches = iterate_batches(
+        images, labels, PRUNE_BATCH_SIZE, mean=data.mean, std=data.std, shuffle=False, augment=False
+    )
     return [(x.to(context.device), y.to(context.device)) for x, y in batches]
 
 
@@ -124,7 +130,9 @@ def snip_scores(model: nn.Module, params: Mapping[str, nn.Parameter], batches: l
 
 
 def grasp_scores(
-    model: nn.Module, params: Mapping[str, nn.Parameter], batches: list[Batch],
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: list[Batch],
     temperature: float = GRASP_TEMPERATURE,
 ) -> Scores:
     """(H g) * w on logits / T, by a double backward; normalised by |sum|.
@@ -133,6 +141,7 @@ def grasp_scores(
     LOWEST (H g) * w. Our ranking keeps the highest scores, which prunes exactly those lowest ones, so
     the score is passed unnegated.
     """
+
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x) / temperature, y)
 
