@@ -34,6 +34,7 @@ from anymask.data import ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.experiments.report import markdown_table
 from anymask.io import atomic_write_text
+from anymask.memory import return_freed_memory
 from anymask.train.run import folder_state, run_experiment, validate
 
 RECORD = "sweep.json"
@@ -346,6 +347,8 @@ def _train(config: RunConfig, folder: Path) -> str | None:
         return str(error)
     except Exception:
         return traceback.format_exc().rstrip()
+    finally:
+        return_freed_memory()  # a worker trains many runs: keep it at one run's footprint, not the peak
     return None
 
 

@@ -27,6 +27,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from anymask.errors import AnymaskError
+from anymask.memory import return_freed_memory
 from anymask.recipe.base import RECIPE_PARTS, RecipeContext, RecipePart
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -208,6 +209,7 @@ class RescaledInit(RecipePart):
         context.model.to(memory_format=torch.contiguous_format)
         batches = training_batches(context, self.config.gradinit_batch_size)
         self.scales = GradInit(context.model, self.config, masks).run(batches, context.config.train.progress)
+        return_freed_memory()  # the double backward's peak, otherwise resident for the rest of the run
         if context.channels_last:
             context.model.to(memory_format=torch.channels_last)
         if context.out_dir is not None:
