@@ -184,3 +184,36 @@ def test_lottery_ticket_with_epoch_rewind_runs_its_rounds(tmp_path: Path) -> Non
     assert [r["sparsity"] for r in rounds] == pytest.approx([0.2, 0.36], abs=1e-4)
     assert result.summary["mask_kept"] == round(0.64 * result.summary["mask_total"])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["start_step"] == 4  # 256 / 64
+
+
+def test_bn_recalibration_changes_only_the_ghost_phase_evaluations(tmp_path: Path) -> None:
+    """Evaluations inside the ghost phase use recomputed BN statistics; training is bit-identical."""
+    base = quick_config(
+        model="resnet20",
+        width=0.5,
+        mask_method="random",
+        sparsity=0.9,
+        recipe="tost",
+        epochs=3,
+        ghost_epochs=2,
+        gradinit_iterations=2,
+    )
+    plain = run_experiment(base, tmp_path / "plain")
+    recalibrated = run_experiment(base.updated({"bn_recalibration_batches": 2}), tmp_path / "recal")
+    weights = [load_file(r.out_dir / "model.safetensors") for r in (plain, recalibrated)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # running stats included
+    records = [
+        [json.loads(line) for line in (r.out_dir / "metrics.jsonl").read_text().splitlines()]
+        for r in (plain, recalibrated)
+    ]
+    for before, after in zip(*records, strict=True):
+        assert "bn_recalibrated" not in before
+        assert after.get("bn_recalibrated", False) == before["ghost_phase"]
+        same = (before["test_loss"], before["test_acc"]) == (after["test_loss"], after["test_acc"])
+        assert same != before["ghost_phase"]
+    assert [r["ghost_phase"] for r in records[0]] == [True, False, False]
+
+
+def test_negative_bn_recalibration_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AnymaskError, match="invalid bn_recalibration_batches: -1"):
+        run_experiment(quick_config(bn_recalibration_batches=-1), tmp_path / "run")

@@ -81,6 +81,9 @@ class TrainConfig:
     """torch.compile the model."""
     eval_batch_size: int = 500
     """Batch size for evaluation."""
+    bn_recalibration_batches: int = 0
+    """While ghost parts are in the model, evaluate with BatchNorm statistics recomputed from this many
+    training batches (training itself is unchanged); 0 evaluates with the running statistics."""
     threads: int | None = None
     """CPU threads for this run (default: PyTorch's choice)."""
     progress: bool = True
@@ -101,7 +104,7 @@ NOT_HASHED = frozenset({"progress", "threads"})
 # Settings added after runs were already made, each with the value that trains as anymask did before the
 # setting existed. At that value a setting is left out of the hash, so adding it renames no run folder
 # and retrains nothing. A new setting belongs here (tests/test_config_hash.py fails until it is).
-ADDED_SETTINGS: dict[str, Any] = {}
+ADDED_SETTINGS: dict[str, Any] = {"bn_recalibration_batches": 0}
 
 
 @dataclass

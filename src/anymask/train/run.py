@@ -7,6 +7,7 @@ architecture: ghost parts removed) and `summary.json`, which marks the run as fi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -64,6 +65,7 @@ def validate(config: RunConfig) -> None:
         "epochs": config.train.epochs >= 1,
         "batch_size": config.train.batch_size >= 1,
         "eval_batch_size": config.train.eval_batch_size >= 1,
+        "bn_recalibration_batches": config.train.bn_recalibration_batches >= 0,
         "width": config.model.width > 0,
         "weight_decay": config.train.weight_decay >= 0,
         "momentum": 0 <= config.train.momentum < 1,
@@ -317,7 +319,12 @@ class _Run:
 
     def epoch_record(self, trainer: Trainer, epoch: int, stats: Any, mask: Mask) -> dict[str, Any]:
         d = self.data
-        test_acc, test_loss = trainer.evaluate(d.test_x, d.test_y)
+        ghost_phase = trainer.recipe.in_ghost_phase(float(epoch + 1))
+        recalibrate = self.config.train.bn_recalibration_batches if ghost_phase else 0
+        with trainer.recalibrated_norms(epoch, recalibrate) if recalibrate else contextlib.nullcontext():
+            test_acc, test_loss = trainer.evaluate(d.test_x, d.test_y)
+            if len(d.val_y):
+                val_acc, val_loss = trainer.evaluate(d.val_x, d.val_y)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": trainer.optimizer.param_groups[0]["lr"],
@@ -328,10 +335,12 @@ class _Run:
             "seconds": stats.seconds,
             "images_per_s": stats.images / max(stats.seconds, 1e-9),
             "nonzero": nonzero_count(trainer.model, mask),
-            "ghost_phase": trainer.recipe.in_ghost_phase(float(epoch + 1)),
+            "ghost_phase": ghost_phase,
         }
+        if recalibrate:
+            record["bn_recalibrated"] = True
         if len(d.val_y):
-            record["val_acc"], record["val_loss"] = trainer.evaluate(d.val_x, d.val_y)
+            record["val_acc"], record["val_loss"] = val_acc, val_loss
         record.update(trainer.recipe.metrics())
         return record
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +222,39 @@ class Trainer:
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         return float(correct) / len(labels), float(loss_sum) / len(labels)
+
+    @contextlib.contextmanager
+    def recalibrated_norms(self, epoch: int, batches: int) -> Iterator[None]:
+        """BatchNorm running statistics recomputed from `batches` of epoch `epoch`'s training batches, for
+        the duration of the block; the old ones come back afterwards, so training goes on unchanged.
+
+        During the ghost phase the running statistics lag the moving blend and skips: SNIP 98% on ResNet-20
+        read 21% test accuracy at epoch 6 with them and 46% with recomputed ones (docs/recipe.md).
+        """
+        norms = [
+            m
+            for root in (self.model, *self.recipe.modules())
+            for m in root.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        saved = [(m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in norms]
+        modes = {m: m.training for root in (self.model, *self.recipe.modules()) for m in root.modules()}
+        try:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a plain average over the batches
+            self.model.train()
+            with torch.no_grad(), self.autocast():
+                for _, (x, _) in zip(range(batches), self.batches(epoch), strict=False):
+                    self.model(x)
+            yield
+        finally:
+            for norm, (momentum, buffers) in zip(norms, saved, strict=True):
+                norm.momentum = momentum
+                for name, value in buffers.items():
+                    getattr(norm, name).copy_(value)
+            for module, mode in modes.items():
+                module.training = mode
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
