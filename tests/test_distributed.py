@@ -35,6 +35,7 @@ FLAGS = {
     "progress": False,
     "eval_batch_size": 512,
 }
+LOTTERY_TICKET = {"mask_method": "lth", "sparsity": 0.5, "lth_epochs": 1, "epochs": 1}
 INTERRUPT_AT_EPOCH = 1  # the interrupted run stops after this many epochs (its checkpoint is written)
 RUN_FILES = {"config.json", "mask.safetensors", "metrics.jsonl", "model.safetensors", "summary.json"}
 TIMEOUT_S = 120
@@ -185,6 +186,25 @@ def test_sync_batchnorm_and_ghost_gradients_match_one_process(runs: Path) -> Non
         close(got["bias_grad"], bn.bias.grad)
 
 
+def test_lottery_ticket_rounds_train_on_every_rank(tmp_path: Path) -> None:
+    """lth under torchrun: the rounds run as DDP on both ranks (no rank waits out a timeout), logged
+    once, and the ticket matches the one-process ticket (same weights up to float32 rounding)."""
+    check(launch([__file__, "lth", str(tmp_path / "ddp")], ranks=2))
+    check(launch([__file__, "lth", str(tmp_path / "single")], ranks=1))
+    epochs_trained = [json.loads((tmp_path / f"ddp-lth{r}.json").read_text()) for r in range(2)]
+    assert epochs_trained[0] == epochs_trained[1] == 4 + 1  # trained rounds (dense + 3 pruned), the run
+    rounds = [json.loads(line) for line in (tmp_path / "ddp" / "lth_rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]  # one line per round: rank 0 alone writes
+    assert [round(r["sparsity"], 2) for r in rounds] == [0.2, 0.36, 0.49, 0.5]
+    ddp, single = (load_file(tmp_path / run / "mask.safetensors") for run in ("ddp", "single"))
+    kept = sum(int(m.sum()) for m in ddp.values())
+    assert kept == sum(int(m.sum()) for m in single.values())
+    agree = sum(int((ddp[k] & single[k]).sum()) for k in ddp)
+    assert agree >= 0.99 * kept
+    weights = load_file(tmp_path / "ddp" / "model.safetensors")
+    assert all(torch.all(weights[k.removesuffix("_mask")][~m.bool()] == 0) for k, m in ddp.items())
+
+
 # -- the worker (run by torch.distributed.run, never by pytest) ----------------------------------------
 def batchnorm_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     """A batch with a large channel offset (where E[x^2] - E[x]^2 would lose digits) and loss weights."""
@@ -223,13 +243,26 @@ def record_batchnorm(out: Path) -> None:
 
 
 def worker(mode: str, out: Path) -> None:
-    """`record`: train and save each rank's mask and weights; `interrupt`: stop as a kill would."""
+    """`record`: train and save each rank's mask and weights; `interrupt`: stop as a kill would;
+    `lth`: a lottery ticket, counting the epochs this rank trained."""
     from anymask.config import RunConfig
     from anymask.train import run, run_experiment
     from anymask.train.trainer import Trainer
 
     config = RunConfig.from_flat(FLAGS)
-    if mode == "record":
+    if mode == "lth":
+        config = config.updated(LOTTERY_TICKET)
+        train_epoch, trained = Trainer.train_epoch, []
+
+        def count(self: Trainer, epoch: int, **kwargs: object) -> object:
+            trained.append(epoch)
+            return train_epoch(self, epoch, **kwargs)
+
+        Trainer.train_epoch = count  # type: ignore[method-assign]
+        run_experiment(config, out)
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        (out.parent / f"{out.name}-lth{rank}.json").write_text(json.dumps(len(trained)))
+    elif mode == "record":
         finish = run._Run.finish
 
         def record_finish(self: run._Run, trainer: Trainer, mask: dict, history: list) -> run.RunResult:

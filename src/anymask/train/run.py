@@ -183,10 +183,12 @@ class _Run:
             mask = Mask.load(mask_path)
             mask.check_fits(model)
             return mask, int(json.loads((self.out_dir / CONFIG).read_text()).get("start_step", 0))
+        lth = self.config.mask.mask_method == "lth"
         mask = None
-        if self.world.is_main:
-            context_train = self.lth_round if self.config.mask.mask_method == "lth" else None
-            if context_train is not None:
+        # A lottery ticket's rounds are training: every rank takes part, as in one DDP run, and they all
+        # prune the same (synchronised) weights. Any other method runs on rank 0 alone.
+        if self.world.is_main or lth:
+            if lth and self.world.is_main:
                 self.write_config()
             mask = make_mask(
                 model,
@@ -194,11 +196,11 @@ class _Run:
                 data=self.data,
                 device=self.device,
                 seed=self.config.train.seed,
-                train=context_train,
-                out_dir=self.out_dir,
+                train=self.lth_round if lth else None,
+                out_dir=self.out_dir if self.world.is_main else None,
                 extras={"steps_per_epoch": self.steps_per_epoch()},
             )
-        mask = broadcast_object(mask, self.world)
+        mask = broadcast_object(mask, self.world)  # rank 0's, so ranks cannot disagree by a rounding
         assert isinstance(mask, Mask)
         return mask, self.rewind_step()
 
@@ -233,7 +235,9 @@ class _Run:
         model.load_state_dict(state)
         mask.apply(model)
         epochs = self.config.mask.lth_epochs or self.config.train.epochs
-        trainer = Trainer(model, self.data, self.config, mask=mask, device=self.device, epochs=epochs)
+        trainer = Trainer(
+            model, self.data, self.config, mask=mask, device=self.device, world=self.world, epochs=epochs
+        )
         captured: dict[str, dict[str, torch.Tensor]] = {}
 
         def capture(step: int) -> None:
