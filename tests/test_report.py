@@ -13,7 +13,8 @@ import torch
 
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
-from anymask.experiments.report import collect_runs, markdown_table, write_report
+from anymask.experiments.plots import accuracy_vs_sparsity
+from anymask.experiments.report import build_tables, collect_runs, markdown_table, write_report
 from anymask.masks import Mask
 
 
@@ -259,6 +260,20 @@ def test_one_recipe_matrix_has_no_recipe_column_and_one_sparsity_has_no_matrix(t
     assert matrix[2:] == [["erk", "70.00 (1)", "60.00 (1)"], ["lth", "–", "50.00 (1)"]]
     write_report([tmp_path / "runs"], tmp_path / "one", only=["sparsity=0.98"])
     assert len(tables_cells((tmp_path / "one" / "report.md").read_text())) == 1
+
+
+def test_accuracy_plot_compares_methods_in_one_panel_when_there_is_one_recipe(
+    runs: Path, tmp_path: Path
+) -> None:
+    def panels(root: Path) -> list[tuple[str, list[str]]]:
+        figure = accuracy_vs_sparsity(build_tables(collect_runs([root]))[0])
+        visible = [ax for ax in figure.axes if ax.get_visible()]
+        return [(ax.get_title(), sorted(ax.get_legend_handles_labels()[1])) for ax in visible]
+
+    assert panels(runs) == [("random", ["default", "tost"]), ("snip", ["default", "tost"])]
+    for mask, sparsity, final in (("erk", 0.9, 0.7), ("erk", 0.98, 0.6), ("lth", 0.98, 0.5)):
+        make_run(tmp_path / "one_recipe", mask, sparsity, "default", 0, final, final)
+    assert panels(tmp_path / "one_recipe") == [("", ["erk", "lth"])]
 
 
 def test_markdown_table_pads_columns() -> None:

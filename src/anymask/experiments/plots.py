@@ -85,11 +85,14 @@ def _finish(figure: Figure, axes: list[Axes], title: str, ylabel: str) -> None:
 
 # -- accuracy vs sparsity ------------------------------------------------------------------------------
 def accuracy_vs_sparsity(table: Table) -> Figure | None:
-    """One panel per mask method, one line per recipe; error bars are std over seeds."""
+    """One panel per mask method, one line per recipe; error bars are std over seeds. With one recipe
+    and several methods, one panel with a line per method: the comparison the table is then about."""
     masks = [m for m in table.masks if m != "dense"]
     if not masks:
         return None
     sparsities = sorted({g.sparsity for g in table.groups if g.mask != "dense"})
+    if len(table.recipes) == 1 and len(masks) > 1:
+        return _methods_in_one_panel(table, masks, sparsities)
     figure, axes = _panels(_wrapped(len(masks), 3), (4.2, 3.4))
     for ax, mask in zip(axes, masks, strict=True):
         for recipe in table.recipes:
@@ -104,7 +107,29 @@ def accuracy_vs_sparsity(table: Table) -> Figure | None:
     return figure
 
 
-def _accuracy_line(ax: Axes, table: Table, mask: str, recipe: str, sparsities: list[float]) -> None:
+def _methods_in_one_panel(table: Table, masks: list[str], sparsities: list[float]) -> Figure:
+    figure, (ax,) = _panels([(0, 0)], (6.4, 4.4))
+    recipe = table.recipes[0]
+    for i, mask in enumerate(masks):
+        _accuracy_line(ax, table, mask, recipe, sparsities, label=mask, color=COLORS[i % len(COLORS)])
+    _dense_reference(ax, table)
+    ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
+    ax.set_xlim(-0.4, len(sparsities) - 0.6)
+    ax.set_xlabel("sparsity (weights removed)")
+    title = f"{table.title}, recipe {recipe}: final test accuracy vs sparsity per mask method"
+    _finish(figure, [ax], title, "final test accuracy (%)")
+    return figure
+
+
+def _accuracy_line(
+    ax: Axes,
+    table: Table,
+    mask: str,
+    recipe: str,
+    sparsities: list[float],
+    label: str | None = None,
+    color: str | None = None,
+) -> None:
     points = [(i, g) for i, s in enumerate(sparsities) if (g := table.group(mask, s, recipe))]
     if not points:
         return
@@ -113,8 +138,8 @@ def _accuracy_line(ax: Axes, table: Table, mask: str, recipe: str, sparsities: l
         [i for i, _ in points],
         [m for m, _ in stats],
         yerr=[s for _, s in stats],
-        label=recipe,
-        color=recipe_color(table, recipe),
+        label=label or recipe,
+        color=color or recipe_color(table, recipe),
         marker="o",
         capsize=3,
         linewidth=1.5,
