@@ -276,6 +276,24 @@ def test_accuracy_plot_compares_methods_in_one_panel_when_there_is_one_recipe(
     assert panels(tmp_path / "one_recipe") == [("", ["erk", "lth"])]
 
 
+def test_a_collapsed_mask_is_marked_and_named(tmp_path: Path) -> None:
+    """Layer collapse (an empty layer) is read from the kept per-layer densities and flagged."""
+    for mask, final in (("magnitude", 0.1), ("synflow", 0.57)):
+        folder = make_run(tmp_path / "runs", mask, 0.98, "default", 0, final, final)
+        densities = {"conv.weight": 0.05, "classifier.weight": 0.0 if mask == "magnitude" else 0.01}
+        (folder / "layer_densities.json").write_text(json.dumps(densities))
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert table_cells(markdown)[2:] == [
+        ["magnitude", "98%", "10.00 (1) †", "10.00 (1)"],
+        ["synflow", "98%", "57.00 (1)", "57.00 (1)"],
+    ]
+    assert "- magnitude at 98% (default): classifier.weight" in markdown
+    rows = {r["mask"]: r for r in read_csv(tmp_path / "report" / "results.csv")}
+    assert rows["magnitude"]["collapsed_layers"] == "classifier.weight"
+    assert rows["synflow"]["collapsed_layers"] == ""
+
+
 def test_markdown_table_pads_columns() -> None:
     assert markdown_table(["a", "long"], [["xyz", "1"]]).splitlines() == [
         "| a   | long |",

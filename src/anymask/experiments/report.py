@@ -79,6 +79,21 @@ class Group:
     def seeds(self) -> list[int]:
         return [run.summary["seed"] for run in self.runs]
 
+    @cached_property
+    def collapsed_layers(self) -> list[str]:
+        """Layers some run's mask leaves empty (layer collapse), from the mask file or kept densities."""
+        empty = {
+            name
+            for run in self.runs
+            for name, density in (layer_densities(run.folder) or {}).items()
+            if density == 0
+        }
+        return sorted(empty)
+
+    def final_cell(self) -> str:
+        """Final test accuracy, marked with a dagger when the mask collapsed a layer."""
+        return percent_cell(self.values("final_test_acc")) + (" †" if self.collapsed_layers else "")
+
     def gain_over(self, baseline: Group, key: str) -> Gain:
         mine, base = self.by_seed(key), baseline.by_seed(key)
         common = sorted(mine.keys() & base.keys())
@@ -267,7 +282,19 @@ def table_markdown(table: Table) -> str:
     )
     matrix = accuracy_matrix_markdown(table)
     long_table = f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
-    return long_table + (f"\n{matrix}" if matrix else "")
+    return long_table + (f"\n{matrix}" if matrix else "") + collapse_note(table)
+
+
+def collapse_note(table: Table) -> str:
+    """One line per group whose mask empties a layer: the accuracy there says more about the mask."""
+    lines = [
+        f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}): {', '.join(g.collapsed_layers)}"
+        for g in table.groups
+        if g.collapsed_layers
+    ]
+    if not lines:
+        return ""
+    return "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
 
 
 def accuracy_matrix_markdown(table: Table) -> str:
@@ -282,7 +309,7 @@ def accuracy_matrix_markdown(table: Table) -> str:
         for recipe in table.recipes:
             groups = [table.group(mask, sparsity, recipe) for sparsity in table.sparsities]
             if any(groups):
-                cells = [percent_cell(g.values("final_test_acc")) if g else "–" for g in groups]
+                cells = [g.final_cell() if g else "–" for g in groups]
                 rows.append([mask, *([recipe] if several_recipes else []), *cells])
     return f"Final test accuracy (%) by sparsity:\n\n{markdown_table(header, rows)}\n"
 
@@ -291,7 +318,7 @@ def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
     width = 2 if recipe == BASELINE else 3
     if group is None:
         return ["–"] * width
-    cells = [percent_cell(group.values("final_test_acc")), percent_cell(group.values("best_test_acc"))]
+    cells = [group.final_cell(), percent_cell(group.values("best_test_acc"))]
     if recipe != BASELINE:
         baseline = table.baseline_of(group)
         cells.append(gain_cell(group.gain_over(baseline, "final_test_acc")) if baseline else "–")
@@ -319,6 +346,7 @@ def results_csv(tables: Sequence[Table]) -> str:
         "final_gain",
         "best_gain",
         "gain_seeds",
+        "collapsed_layers",
     ]
     rows = [_csv_row(table, group) for table in tables for group in table.groups]
     return _csv_text(header, rows)
@@ -343,6 +371,7 @@ def _csv_row(table: Table, group: Group) -> list[str]:
         *_mean_std_fields(group.values("test_acc_at_best_val")),
         *([_number(g.mean) for g in gains] or ["", ""]),
         str(gains[0].seeds) if gains else "",
+        ";".join(group.collapsed_layers),
     ]
 
 
