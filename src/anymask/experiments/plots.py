@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from anymask.experiments.report import BASELINE, Group, Table, layer_densities, sparsity_label
+from anymask.experiments.report import BASELINE, Group, Table, sparsity_label
 
 DPI = 100
 COLORS = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "olive")]
@@ -99,9 +99,7 @@ def accuracy_vs_sparsity(table: Table) -> Figure | None:
             _accuracy_line(ax, table, mask, recipe, sparsities)
         _dense_reference(ax, table)
         ax.set_title(mask)
-        ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
-        ax.set_xlim(-0.4, len(sparsities) - 0.6)
-        ax.set_xlabel("sparsity (weights removed)")
+        _sparsity_axis(ax, sparsities)
     title = f"{table.title}: final test accuracy vs sparsity (mean ± std over seeds)"
     _finish(figure, axes, title, "final test accuracy (%)")
     return figure
@@ -113,12 +111,16 @@ def _methods_in_one_panel(table: Table, masks: list[str], sparsities: list[float
     for i, mask in enumerate(masks):
         _accuracy_line(ax, table, mask, recipe, sparsities, label=mask, color=COLORS[i % len(COLORS)])
     _dense_reference(ax, table)
-    ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
-    ax.set_xlim(-0.4, len(sparsities) - 0.6)
-    ax.set_xlabel("sparsity (weights removed)")
+    _sparsity_axis(ax, sparsities)
     title = f"{table.title}, recipe {recipe}: final test accuracy vs sparsity per mask method"
     _finish(figure, [ax], title, "final test accuracy (%)")
     return figure
+
+
+def _sparsity_axis(ax: Axes, sparsities: list[float]) -> None:
+    ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
+    ax.set_xlim(-0.4, len(sparsities) - 0.6)
+    ax.set_xlabel("sparsity (weights removed)")
 
 
 def _accuracy_line(
@@ -213,7 +215,7 @@ def densities(table: Table) -> Figure | None:
         group = table.group(mask, sparsity, BASELINE) or next(
             (g for g in table.groups if (g.mask, g.sparsity) == (mask, sparsity)), None
         )
-        density = layer_densities(group.runs[0].folder) if group else None
+        density = group.runs[0].layer_densities if group else None
         if density is not None:
             layers[mask] = density
     if not layers:

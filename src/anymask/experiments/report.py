@@ -51,6 +51,11 @@ class Run:
         file = self.settings.get("mask_file")
         return f"file:{Path(file).stem}" if file else self.summary["mask_method"]
 
+    @cached_property
+    def layer_densities(self) -> dict[str, float] | None:
+        """Per-layer mask density, read once per run (the table, the plot and kept runs all use it)."""
+        return layer_densities(self.folder)
+
 
 @dataclass(frozen=True)
 class Gain:
@@ -83,10 +88,7 @@ class Group:
     def collapsed_layers(self) -> list[str]:
         """Layers some run's mask leaves empty (layer collapse), from the mask file or kept densities."""
         empty = {
-            name
-            for run in self.runs
-            for name, density in (layer_densities(run.folder) or {}).items()
-            if density == 0
+            name for run in self.runs for name, density in (run.layer_densities or {}).items() if density == 0
         }
         return sorted(empty)
 
@@ -487,7 +489,7 @@ def keep_run_files(runs: Sequence[Run], into: Path) -> None:
         for name in KEPT_FILES:
             if (run.folder / name).is_file():
                 atomic_write_text(folder / name, (run.folder / name).read_text())
-        densities = layer_densities(run.folder)
+        densities = run.layer_densities
         if densities is not None:
             atomic_write_text(folder / LAYER_DENSITIES, json.dumps(densities, indent=1) + "\n")
 
