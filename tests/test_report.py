@@ -13,8 +13,8 @@ import torch
 
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
-from anymask.experiments.plots import accuracy_vs_sparsity
-from anymask.experiments.report import build_tables, collect_runs, markdown_table, write_report
+from anymask.experiments.plots import accuracy_vs_sparsity, gain_vs_sparsity
+from anymask.experiments.report import build_tables, collect_runs, markdown_table, paired_gain, write_report
 from anymask.masks import Mask
 
 
@@ -133,7 +133,7 @@ def test_mean_std_and_paired_gain(runs: Path, tmp_path: Path, capsys: pytest.Cap
             "84.33 ± 2.08 (3)",
             "85.50 ± 0.71 (2)",
             "87.00 ± 1.41 (2)",
-            "+3.50 (2)",
+            "+3.50 [-15.56, +22.56] (2)",  # t(0.975, 1) = 12.706 on differences 5 and 2 points
         ],
     ]
     matrix = tables_cells(markdown)[1]  # the same final accuracies, one column per sparsity
@@ -300,3 +300,61 @@ def test_markdown_table_pads_columns() -> None:
         "| --- | ---- |",
         "| xyz | 1    |",
     ]
+
+
+def test_paired_gain_interval_is_student_t_over_the_differences() -> None:
+    """Hand-computed: differences 1, 3 and 2 points: mean 2, sd 1, t(0.975, 2) = 4.302653."""
+    gain = paired_gain([0.01, 0.03, 0.02])
+    assert gain.mean == pytest.approx(0.02) and gain.seeds == 3
+    assert gain.half_width == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-6)
+    assert gain.interval == pytest.approx((0.02 - 0.0248414, 0.02 + 0.0248414), abs=1e-6)
+    single = paired_gain([0.04])
+    assert (single.mean, single.half_width, single.interval) == (0.04, None, None)
+
+
+def test_gains_pooled_over_masks_pair_on_mask_and_seed(tmp_path: Path) -> None:
+    """Two masks x three seeds: the pooled gain is the t interval over all six paired differences, and
+    every pair of recipes is compared (tost against gsn too), each in the table and the gain plot."""
+    root = tmp_path / "runs"
+    finals = {
+        ("erk", "default"): (0.60, 0.62, 0.61),
+        ("erk", "gsn"): (0.61, 0.62, 0.60),
+        ("erk", "tost"): (0.62, 0.63, 0.64),
+        ("snip", "default"): (0.55, 0.56, 0.54),
+        ("snip", "gsn"): (0.55, 0.57, 0.56),
+        ("snip", "tost"): (0.58, 0.56, 0.57),
+    }
+    for (mask, recipe), values in finals.items():
+        for seed, final in enumerate(values):
+            make_run(root, mask, 0.98, recipe, seed, final, final)
+    write_report([root], tmp_path / "report")
+    table = build_tables(collect_runs([root]))[0]
+    assert table.recipe_pairs == [("gsn", "default"), ("tost", "default"), ("tost", "gsn")]
+    differences = [0.02, 0.01, 0.03, 0.03, 0.0, 0.03]  # tost - default: erk seeds 0-2, snip seeds 0-2
+    mean, sd = statistics.fmean(differences), statistics.stdev(differences)
+    half = 2.570582 * sd / 6**0.5  # t(0.975, 5)
+    pooled = table.pooled_gain("tost", "default", 0.98, "final_test_acc")
+    assert (pooled.mean, pooled.seeds) == (pytest.approx(mean), 6)
+    assert pooled.half_width == pytest.approx(half, rel=1e-5)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    pooled_table = next(t for t in tables_cells(markdown) if t[0][0] == "sparsity")
+    assert pooled_table[0] == ["sparsity", "gsn − default", "tost − default", "tost − gsn"]
+    expected = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] (6)"
+    assert pooled_table[2][0] == "98%" and pooled_table[2][2] == expected
+    rows = {(r["mask"], r["recipe"]): r for r in read_csv(tmp_path / "report" / "results.csv")}
+    erk = [0.02, 0.01, 0.03]
+    erk_half = 4.302653 * statistics.stdev(erk) / 3**0.5
+    erk_tost = rows["erk", "tost"]
+    assert float(erk_tost["final_gain_ci_low"]) == pytest.approx(0.02 - erk_half, abs=1e-6)
+    assert float(erk_tost["final_gain_ci_high"]) == pytest.approx(0.02 + erk_half, abs=1e-6)
+    figure = gain_vs_sparsity(table)
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["gsn − default", "tost − default", "tost − gsn"]
+    bars = panels[1].containers[0]  # the pooled errorbar: its line holds the mean, its bars the interval
+    assert bars.lines[0].get_ydata()[0] == pytest.approx(100 * mean)
+    segment = bars.lines[2][0].get_segments()[0]
+    assert (segment[0][1], segment[1][1]) == (
+        pytest.approx(100 * (mean - half)),
+        pytest.approx(100 * (mean + half)),
+    )
+    assert (tmp_path / "report" / "gain_vs_sparsity_cnn_digits.png").is_file()

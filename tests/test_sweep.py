@@ -72,9 +72,44 @@ def test_file_without_grid_is_one_run(tmp_path: Path) -> None:
     assert len(sweep.plan(tmp_path)) == 1
 
 
+def test_variants_cross_the_grid_and_override_base(tmp_path: Path) -> None:
+    """Each [[variants]] table changes a few settings of [base]: a one-at-a-time search in one file."""
+    text = (
+        '[base]\nrecipe = "tost"\nls_alpha = 0.1\n[grid]\nseed = [0, 1]\n'
+        '[[variants]]\nrecipe = "default"\n[[variants]]\n[[variants]]\nls_alpha = 0.2\n'
+    )
+    sweep = load_sweep(sweep_file(tmp_path, text))
+    assert sweep.points() == [
+        {"recipe": "default", "seed": 0},
+        {"recipe": "default", "seed": 1},
+        {"seed": 0},
+        {"seed": 1},
+        {"ls_alpha": 0.2, "seed": 0},
+        {"ls_alpha": 0.2, "seed": 1},
+    ]
+    runs = sweep.plan(tmp_path / "out")
+    assert [(r.config.recipe.recipe, r.config.recipe.ls_alpha) for r in runs[::2]] == [
+        ("default", 0.1),
+        ("tost", 0.1),
+        ("tost", 0.2),
+    ]
+    assert sweep.record(runs)["variants"] == [{"recipe": "default"}, {}, {"ls_alpha": 0.2}]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        (
+            "[grid]\nseed = [0]\n[[variants]]\nseed = 1\n",
+            r"'seed' is set in both \[grid\] and \[\[variants\]\] 1",
+        ),
+        (
+            "[[variants]]\nseed = 1\n[[variants]]\nseed = 1\n",
+            r"\[\[variants\]\] 2 repeats an earlier variant",
+        ),
+        ("variants = 3\n", "'variants' must be a list of tables"),
+        ("[[variants]]\nsparsty = 0.9\n", "unknown config key 'sparsty'"),
+        ("kept = 3\n", "'kept' expects a folder name or a list of them"),
         ("[base]\nsparsty = 0.9\n", "unknown config key 'sparsty'; did you mean 'sparsity'"),
         ("[grid]\nrecipes = ['default']\n", "unknown config key 'recipes'"),
         ("[base.train]\nsparsity = 0.9\n", r"'sparsity' belongs in \[mask\], not \[train\]"),
@@ -228,3 +263,34 @@ def test_failed_run_is_reported_and_the_others_finish(tmp_path: Path) -> None:
     runs = load_sweep(path).plan(tmp_path / "out")
     assert str(runs[0].folder) in str(error.value)
     assert [run.state for run in runs] == ["new", "finished"]
+
+
+def test_runs_kept_as_committed_files_are_skipped_and_new_ones_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new machine has no run folders, only the small files committed under a kept folder: those runs
+    are not trained again, and each run the sweep finishes adds its small files there."""
+    base = BASE.replace("epochs = 3", "epochs = 1")
+    grid = "[grid]\nseed = [0, 1]\n"
+    kept = tmp_path / "docs" / "runs"
+    first = sweep_file(tmp_path, f'kept = "{kept}"\n' + base + "[grid]\nseed = [0]\n", "first.toml")
+    run_sweep(first, out=tmp_path / "machine1")
+    (seed0,) = load_sweep(first).plan(tmp_path / "machine1")
+    assert {p.name for p in (kept / seed0.folder.name).iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "layer_densities.json",
+    }
+    both = sweep_file(tmp_path, f'kept = ["{kept}"]\n' + base + grid, "both.toml")
+    run_sweep(both, out=tmp_path / "machine2", dry_run=True)
+    assert "(1 new, 1 kept)" in capsys.readouterr().out
+    run_sweep(both, out=tmp_path / "machine2")
+    assert list(finished(tmp_path / "machine2")) != [seed0.folder.name]  # only seed 1 trained here
+    assert len(finished(tmp_path / "machine2")) == 1
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        r.folder.name for r in load_sweep(both).plan(kept)
+    )
+    (kept / seed0.folder.name / "metrics.jsonl").unlink()  # incomplete kept files do not count
+    run_sweep(both, out=tmp_path / "machine2", dry_run=True)
+    assert "(1 new, 1 finished)" in capsys.readouterr().out

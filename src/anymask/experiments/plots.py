@@ -30,6 +30,7 @@ def plot_table(table: Table, out: Path) -> list[Path]:
     """Every figure that the table's runs allow; returns the PNG paths written."""
     figures = {
         f"accuracy_vs_sparsity_{table.slug}.png": accuracy_vs_sparsity(table),
+        f"gain_vs_sparsity_{table.slug}.png": gain_vs_sparsity(table),
         f"learning_curves_{table.slug}.png": learning_curves(table),
         f"densities_{table.slug}.png": densities(table),
     }
@@ -164,6 +165,69 @@ def _dense_reference(ax: Axes, table: Table) -> None:
 
 def _percent_stats(values: Sequence[float]) -> tuple[float, float]:
     return 100 * statistics.fmean(values), 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# -- paired gain vs sparsity --------------------------------------------------------------------------
+def gain_vs_sparsity(table: Table) -> Figure | None:
+    """One panel per recipe pair: the pooled paired gain per sparsity with its 95% interval as error
+    bars, and each mask's own mean gain as a small marker beside it. None without a comparable pair."""
+    sparsities = [s for s in table.sparsities if s > 0]
+    pairs = [
+        (pair, gains)
+        for pair in table.recipe_pairs
+        if any(gains := [table.pooled_gain(*pair, s, "final_test_acc") for s in sparsities])
+    ]
+    if not pairs:
+        return None
+    figure, axes = _panels(_wrapped(len(pairs), 3), (4.4, 3.4))
+    masks = [m for m in table.masks if m != "dense"]
+    for ax, ((recipe, reference), gains) in zip(axes, pairs, strict=True):
+        _pooled_gain_bars(ax, gains, recipe_color(table, recipe))
+        for j, mask in enumerate(masks):
+            offset = 0.12 * (j - (len(masks) - 1) / 2)
+            points = _mask_gains(table, mask, recipe, reference, sparsities)
+            ax.scatter(
+                [i + offset for i, _ in points],
+                [g for _, g in points],
+                marker="os^Dv<>p"[j % 8],
+                s=18,
+                color="gray",
+                label=mask,
+                zorder=3,
+            )
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{recipe} − {reference}")
+        _sparsity_axis(ax, sparsities)
+    title = f"{table.title}: paired gain in final test accuracy, pooled over masks (95% confidence interval)"
+    _finish(figure, axes, title, "gain (points)")
+    return figure
+
+
+def _pooled_gain_bars(ax: Axes, gains: list[Any], color: str) -> None:
+    points = [(i, g) for i, g in enumerate(gains) if g is not None]
+    ax.errorbar(
+        [i for i, _ in points],
+        [100 * g.mean for _, g in points],
+        yerr=[100 * (g.half_width or 0.0) for _, g in points],
+        color=color,
+        marker="o",
+        capsize=4,
+        linewidth=1.5,
+        label="pooled over masks",
+        zorder=4,
+    )
+
+
+def _mask_gains(
+    table: Table, mask: str, recipe: str, reference: str, sparsities: list[float]
+) -> list[tuple[int, float]]:
+    points = []
+    for i, sparsity in enumerate(sparsities):
+        group, base = table.group(mask, sparsity, recipe), table.group(mask, sparsity, reference)
+        differences = group.differences(base, "final_test_acc") if group and base else []
+        if differences:
+            points.append((i, 100 * statistics.fmean(differences)))
+    return points
 
 
 # -- learning curves -----------------------------------------------------------------------------------

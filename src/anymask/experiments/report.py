@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import statistics
 import warnings
@@ -62,7 +63,31 @@ class Gain:
     """A recipe's accuracy minus the baseline's: paired over common seeds, else a difference of means."""
 
     mean: float
-    seeds: int  # seeds the difference is paired over; 0 for an unpaired difference of means
+    seeds: int  # differences the mean is paired over; 0 for an unpaired difference of means
+    half_width: float | None = None  # of the 95% confidence interval; None below two paired differences
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        if self.half_width is None:
+            return None
+        return self.mean - self.half_width, self.mean + self.half_width
+
+
+def paired_gain(differences: Sequence[float]) -> Gain:
+    """Mean of paired differences with a 95% Student-t confidence interval over them.
+
+    The interval is mean ± t(0.975, n - 1) * sd / sqrt(n): it treats the pairs (same mask, same seed) as
+    independent draws, so a pooled interval over masks says how the recipe does on masks like these.
+    """
+    n = len(differences)
+    if n == 0:
+        raise ValueError("no paired differences")
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return Gain(mean, n)
+    from scipy.stats import t  # imported here: scipy is slow to import and only reports need it
+
+    return Gain(mean, n, float(t.ppf(0.975, n - 1)) * statistics.stdev(differences) / math.sqrt(n))
 
 
 @dataclass
@@ -96,11 +121,16 @@ class Group:
         """Final test accuracy, marked with a dagger when the mask collapsed a layer."""
         return percent_cell(self.values("final_test_acc")) + (" †" if self.collapsed_layers else "")
 
-    def gain_over(self, baseline: Group, key: str) -> Gain:
+    def differences(self, baseline: Group, key: str) -> list[float]:
+        """This group's value minus the baseline's on each seed both have (paired differences)."""
         mine, base = self.by_seed(key), baseline.by_seed(key)
-        common = sorted(mine.keys() & base.keys())
-        if common:
-            return Gain(statistics.fmean(mine[s] - base[s] for s in common), len(common))
+        return [mine[s] - base[s] for s in sorted(mine.keys() & base.keys())]
+
+    def gain_over(self, baseline: Group, key: str) -> Gain:
+        differences = self.differences(baseline, key)
+        if differences:
+            return paired_gain(differences)
+        mine, base = self.by_seed(key), baseline.by_seed(key)
         return Gain(statistics.fmean(mine.values()) - statistics.fmean(base.values()), 0)
 
 
@@ -147,6 +177,25 @@ class Table:
     def baseline_of(self, group: Group) -> Group | None:
         """The default-recipe group on the same mask and sparsity (None for the baseline itself)."""
         return None if group.recipe == BASELINE else self.group(group.mask, group.sparsity, BASELINE)
+
+    @cached_property
+    def recipe_pairs(self) -> list[tuple[str, str]]:
+        """(recipe, reference) pairs to compare: each recipe against `default` first, then against each
+        other recipe listed before it (tost-official against tost says what temporary ghosts cost)."""
+        recipes = self.recipes
+        pairs = [(r, BASELINE) for r in recipes if r != BASELINE and BASELINE in recipes]
+        others = [r for r in recipes if r != BASELINE]
+        return pairs + [(b, a) for i, a in enumerate(others) for b in others[i + 1 :]]
+
+    def pooled_gain(self, recipe: str, reference: str, sparsity: float, key: str) -> Gain | None:
+        """`recipe` minus `reference` over every mask of a sparsity, paired on (mask, seed); None when
+        no mask has both recipes on a common seed."""
+        differences = []
+        for mask in self.masks:
+            group, base = self.group(mask, sparsity, recipe), self.group(mask, sparsity, reference)
+            if group and base:
+                differences += group.differences(base, key)
+        return paired_gain(differences) if differences else None
 
 
 # -- collecting ----------------------------------------------------------------------------------------
@@ -246,8 +295,12 @@ def percent_cell(values: Sequence[float]) -> str:
 
 
 def gain_cell(gain: Gain) -> str:
+    """'+0.91 [-0.29, +2.11] (3)': the mean paired gain in points, its 95% confidence interval (from two
+    pairs on) and the number of pairs; '(unpaired)' for a difference of means without common seeds."""
     pairing = f"({gain.seeds})" if gain.seeds else "(unpaired)"
-    return f"{100 * gain.mean:+.2f} {pairing}"
+    interval = gain.interval
+    ci = f" [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
+    return f"{100 * gain.mean:+.2f}{ci} {pairing}"
 
 
 def sparsity_label(sparsity: float) -> str:
@@ -280,11 +333,30 @@ def table_markdown(table: Table) -> str:
     after = f" after {epochs.pop()} epochs" if len(epochs) == 1 else ""
     legend = (
         f"Test accuracy (%){after}: final and best epoch, mean ± std over seeds (number of seeds). "
-        f"Gain: final accuracy minus `{BASELINE}` on the same mask, sparsity and seeds (points)."
+        f"Gain: final accuracy minus `{BASELINE}` on the same mask, sparsity and seeds (points), "
+        "with its 95% confidence interval (Student t over the paired differences) and the number of pairs."
     )
-    matrix = accuracy_matrix_markdown(table)
+    extras = [accuracy_matrix_markdown(table), pooled_gains_markdown(table)]
     long_table = f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
-    return long_table + (f"\n{matrix}" if matrix else "") + collapse_note(table)
+    return long_table + "".join(f"\n{extra}" for extra in extras if extra) + collapse_note(table)
+
+
+def pooled_gains_markdown(table: Table) -> str:
+    """Per sparsity and recipe pair, the paired gain over every mask and seed with its 95% interval.
+    Empty when no pair of recipes shares a mask and seed."""
+    rows = []
+    for sparsity in table.sparsities:
+        cells = [table.pooled_gain(r, ref, sparsity, "final_test_acc") for r, ref in table.recipe_pairs]
+        if any(cells):
+            rows.append([sparsity_label(sparsity), *(gain_cell(c) if c else "–" for c in cells)])
+    if not rows:
+        return ""
+    header = ["sparsity", *(f"{r} − {ref}" for r, ref in table.recipe_pairs)]
+    legend = (
+        "Paired gain in final test accuracy (points), pooled over the masks of each sparsity: mean of the "
+        "differences on the same mask and seed, 95% confidence interval, number of pairs."
+    )
+    return f"{legend}\n\n{markdown_table(header, rows)}\n"
 
 
 def collapse_note(table: Table) -> str:
@@ -348,6 +420,8 @@ def results_csv(tables: Sequence[Table]) -> str:
         "final_gain",
         "best_gain",
         "gain_seeds",
+        "final_gain_ci_low",
+        "final_gain_ci_high",
         "collapsed_layers",
     ]
     rows = [_csv_row(table, group) for table in tables for group in table.groups]
@@ -373,6 +447,7 @@ def _csv_row(table: Table, group: Group) -> list[str]:
         *_mean_std_fields(group.values("test_acc_at_best_val")),
         *([_number(g.mean) for g in gains] or ["", ""]),
         str(gains[0].seeds) if gains else "",
+        *(map(_number, gains[0].interval) if gains and gains[0].interval else ["", ""]),
         ";".join(group.collapsed_layers),
     ]
 

@@ -1,12 +1,13 @@
 """Sweeps: one file describes a grid of runs; `run_sweep` runs what is not finished yet, N at a time.
 
 A sweep file (TOML or YAML) holds an optional `out` folder, a `[base]` table of settings shared by every
-run and a `[grid]` table of lists; the runs are the cartesian product of the grid lists, in file order
-with the last key varying fastest. Both tables take flat keys (`sparsity`) or section tables
-(`[base.train]`), exactly like a run config file. Each run lives in `<out>/<config hash>`, so running the
-same file again finds its runs: finished ones are skipped, interrupted ones resumed from their last
-epoch, and a grid that grows only adds runs. Runs go to worker processes, so a crash costs one run,
-not the sweep, and `--workers N` trains N at once.
+run, a `[grid]` table of lists and an optional list of `[[variants]]` tables; the runs are each variant
+(a few settings that override `[base]`; one empty variant without any) crossed with the cartesian product
+of the grid lists, in file order with the last key varying fastest. The tables take flat keys (`sparsity`)
+or section tables (`[base.train]`), exactly like a run config file. Each run lives in
+`<out>/<config hash>`, so running the same file again finds its runs: finished ones are skipped,
+interrupted ones resumed from their last epoch, and a grid that grows only adds runs. Runs go to worker
+processes, so a crash costs one run, not the sweep, and `--workers N` trains N at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import threading
 import traceback
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.connection import Connection, wait
@@ -35,12 +37,12 @@ from anymask.errors import AnymaskError
 from anymask.experiments.report import markdown_table
 from anymask.io import atomic_write_text
 from anymask.memory import return_freed_memory
-from anymask.train.run import folder_state, run_experiment, validate
+from anymask.train.run import CONFIG, METRICS, SUMMARY, folder_state, run_experiment, validate
 
 RECORD = "sweep.json"
-TOP_LEVEL = ("out", "base", "grid")
+TOP_LEVEL = ("out", "kept", "base", "grid", "variants")
 REFRESH_SECONDS = 1.0  # the sweep's bar redraws at least this often, so elapsed time and ETA stay live
-STATES = ("new", "interrupted", "finished", "foreign")  # as anymask.train.run.folder_state names them
+STATES = ("new", "interrupted", "finished", "kept", "foreign")  # folder_state's, and "kept" (see below)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class PlannedRun:
     config: RunConfig
     values: dict[str, Any]
     folder: Path
+    kept: Path | None = None  # the run's small files found in a kept folder: finished elsewhere
 
     @property
     def label(self) -> str:
@@ -62,7 +65,8 @@ class PlannedRun:
 
     @property
     def state(self) -> str:
-        return folder_state(self.folder)
+        state = folder_state(self.folder)
+        return "kept" if state == "new" and self.kept is not None else state
 
 
 @dataclass(frozen=True)
@@ -73,22 +77,29 @@ class Sweep:
     base: dict[str, Any]
     grid: dict[str, list[Any]]
     out: Path | None = None
+    variants: tuple[dict[str, Any], ...] = ({},)
+    kept: tuple[Path, ...] = ()
 
     def points(self) -> list[dict[str, Any]]:
-        """The grid's cartesian product, last key varying fastest (one empty point without a grid)."""
-        return [dict(zip(self.grid, combo, strict=True)) for combo in itertools.product(*self.grid.values())]
+        """Each variant crossed with the grid's cartesian product, last key varying fastest (one empty
+        point without a grid or variants)."""
+        grid = itertools.product(*self.grid.values())
+        combos = [dict(zip(self.grid, combo, strict=True)) for combo in grid]
+        return [{**variant, **combo} for variant in self.variants for combo in combos]
 
     def plan(self, out: Path) -> list[PlannedRun]:
         """Every run with its folder, each checked as `anymask train` would before anything is written.
 
         Grid points that train the same run (gsc_mode crossed with a recipe without gsc) share a folder
-        and are planned once, at the first of them.
+        and are planned once, at the first of them. A run whose small files lie in a `kept` folder is
+        marked as such: it finished on another machine and is not trained again.
         """
         base = RunConfig.from_flat(self.base)
+        kept = kept_runs(self.kept)
         runs: dict[Path, PlannedRun] = {}
         for values in self.points():
             config = base.updated(values)
-            run = PlannedRun(config, values, out / config.hash())
+            run = PlannedRun(config, values, out / config.hash(), kept.get(config.hash()))
             try:
                 validate(config)
             except AnymaskError as error:
@@ -102,6 +113,8 @@ class Sweep:
             "name": self.name,
             "base": self.base,
             "grid": self.grid,
+            **({"kept": [str(folder) for folder in self.kept]} if self.kept else {}),
+            **({"variants": list(self.variants)} if self.variants != ({},) else {}),
             "runs": [{"hash": run.folder.name, "values": run.values} for run in runs],
         }
 
@@ -133,14 +146,58 @@ def _sweep_from_table(raw: Any, name: str) -> Sweep:
     for key in grid:
         if key in base:
             raise AnymaskError(f"'{key}' is set in both [base] and [grid]; keep one")
-    return Sweep(name, base, grid, Path(out) if out else None)
+    variants = _variants(raw.get("variants", [{}]), grid)
+    return Sweep(name, base, grid, Path(out) if out else None, variants, _kept_folders(raw.get("kept", [])))
+
+
+def _kept_folders(raw: Any) -> tuple[Path, ...]:
+    """`kept`: a folder, or a list of folders, of committed run files (the first also receives the small
+    files of runs this sweep finishes)."""
+    folders = [raw] if isinstance(raw, str) else raw
+    if not isinstance(folders, list) or not all(isinstance(f, str) and f for f in folders):
+        raise AnymaskError(f"'kept' expects a folder name or a list of them, got {raw!r}")
+    return tuple(Path(folder) for folder in folders)
+
+
+def kept_runs(folders: Iterable[Path]) -> dict[str, Path]:
+    """Config hash -> kept run folder, for every finished run's small files under `folders`.
+
+    A kept run counts when its summary names the hash its folder is named by and its config and metrics
+    are there too: the files a report needs, committed so a new machine need not train it again.
+    """
+    found: dict[str, Path] = {}
+    for root in folders:
+        for summary in sorted(root.rglob(SUMMARY)) if root.is_dir() else []:
+            folder = summary.parent
+            if all((folder / name).is_file() for name in (CONFIG, METRICS)):
+                with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
+                    if json.loads(summary.read_text())["config_hash"] == folder.name:
+                        found.setdefault(folder.name, folder)
+    return found
+
+
+def _variants(raw: Any, grid: dict[str, list[Any]]) -> tuple[dict[str, Any], ...]:
+    """The `[[variants]]` tables: each a few settings overriding `[base]`, never a grid key."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(v, dict) for v in raw):
+        raise AnymaskError("'variants' must be a list of tables: a [[variants]] line, then key = value lines")
+    variants = []
+    for i, table in enumerate(raw, 1):
+        settings = flat_settings(table, f"[[variants]] {i}")
+        variant = {key: coerce(key, value) for key, value in settings.items()}
+        for key in variant:
+            if key in grid:
+                raise AnymaskError(f"'{key}' is set in both [grid] and [[variants]] {i}; keep one")
+        if variant in variants:
+            raise AnymaskError(f"[[variants]] {i} repeats an earlier variant")
+        variants.append(variant)
+    return tuple(variants)
 
 
 def _top_level_hint(key: str) -> str:
     try:
         section_of(key)
     except AnymaskError:
-        return f"unknown key '{key}'; a sweep file holds out, [base] and [grid]"
+        return f"unknown key '{key}'; a sweep file holds out, kept, [base], [grid] and [[variants]]"
     return f"setting '{key}' is at the top level; put it under [base] (or a list of values under [grid])"
 
 
@@ -173,8 +230,11 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
         return out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RECORD, json.dumps(sweep.record(runs), indent=2) + "\n")
-    todo = [run for run in runs if run.state != "finished"]
-    failures = _run_all(todo, workers, total=len(runs), desc=f"sweep {sweep.name}") if todo else {}
+    todo = [run for run in runs if run.state not in {"finished", "kept"}]
+    keep_into = sweep.kept[0] if sweep.kept else None
+    failures = _run_all(todo, workers, len(runs), f"sweep {sweep.name}", keep_into) if todo else {}
+    if keep_into is not None:  # runs finished before `kept` was set, or by an older anymask
+        _keep([run for run in runs if run.state == "finished"], keep_into)
     if failures:
         names = ", ".join(str(folder) for folder in list(failures)[:3])
         raise AnymaskError(
@@ -187,8 +247,8 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
 
 def plan_table(runs: list[PlannedRun], out: Path) -> str:
     """The dry-run listing: one row per run with its folder name, grid values and state."""
-    keys = list(runs[0].values) if runs else []
-    rows = [[run.folder.name, *(str(v) for v in run.values.values()), run.state] for run in runs]
+    keys = list(dict.fromkeys(key for run in runs for key in run.values))  # variants may set other keys
+    rows = [[run.folder.name, *(str(run.values.get(k, "")) for k in keys), run.state] for run in runs]
     states = [run.state for run in runs]
     counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(sorted(states, key=STATES.index)))
     return f"{len(runs)} runs in {out} ({counts}):\n" + markdown_table(["run", *keys, "state"], rows)
@@ -214,8 +274,19 @@ def gpu_slots(runs: list[PlannedRun]) -> list[str | None]:
     return visible.split(",") if visible else [str(i) for i in range(count)]
 
 
-def _run_all(runs: list[PlannedRun], workers: int, total: int, desc: str) -> dict[Path, str]:
-    """Train `runs` in worker processes with one progress bar for the sweep; returns folder -> error."""
+def _keep(runs: list[PlannedRun], into: Path) -> None:
+    """Copy the small files of finished runs into the kept folder (what a commit needs), once each."""
+    from anymask.experiments.report import keep_run_files, read_run
+
+    missing = [run for run in runs if not (into / run.folder.name / SUMMARY).is_file()]
+    keep_run_files([read_run(run.folder) for run in missing], into)
+
+
+def _run_all(
+    runs: list[PlannedRun], workers: int, total: int, desc: str, keep_into: Path | None = None
+) -> dict[Path, str]:
+    """Train `runs` in worker processes with one progress bar for the sweep; returns folder -> error.
+    With `keep_into`, each run's small files are copied there the moment it finishes."""
     size = min(workers, len(runs))
     threads = max(1, cpu_count() // size)
     pool = _Pool(size, gpu_slots(runs))
@@ -231,6 +302,8 @@ def _run_all(runs: list[PlannedRun], workers: int, total: int, desc: str) -> dic
                 if error is not None:
                     failures[run.folder] = error
                     bar.write(f"anymask: run {run.folder} ({run.label}) failed: {error}")
+                elif keep_into is not None:
+                    _keep([run], keep_into)
     finally:
         pool.close()
         bar.close()
