@@ -7,7 +7,8 @@ Linear with an `InferenceLayer` that runs one kernel from `anymask.deploy.kernel
 
 Which kernel: ``kernel="auto"`` times the dense kernel and every available sparse one on the layer's
 real input the first time a batch size is seen, and keeps the fastest for that layer and batch size
-(so a dense-ish layer, or a tiny one at batch 1, stays dense). A kernel name forces it on every layer
+(so a dense-ish layer, or a tiny one at batch 1, stays dense; above `MAX_SPARSE_DENSITY` only dense
+is considered). A kernel name forces it on every layer
 it supports. Where no sparse kernel can run (numba missing), every layer runs dense and one line says
 why. ``kernel="dense"`` is the fair dense baseline: the same folded, fused graph in PyTorch eager.
 """
@@ -29,6 +30,9 @@ from anymask.masks import Mask
 
 AUTO = "auto"
 _NOTICES: set[str] = set()
+MAX_SPARSE_DENSITY = 0.5
+"""Above this density `auto` does not even time the sparse kernels: a kernel that skips zeros does the
+dense kernel's work there, less efficiently (docs/performance.md)."""
 TUNE_REPEATS = 3
 """Timed calls per candidate kernel when a layer first sees a batch size (after one untimed call)."""
 
@@ -217,7 +221,7 @@ def _replace_layers(graph: fx.GraphModule, sparse: dict[str, type[Kernel]], poli
             graph.graph.erase_node(relu)
         kernels: dict[str, Kernel] = {"dense": KERNELS.get("dense")(weights)}
         for name, kernel in sparse.items():
-            if kernel.supports(weights):
+            if kernel.supports(weights) and (policy == name or weights.density <= MAX_SPARSE_DENSITY):
                 kernels[name] = kernel(weights)
         _set_module(graph, node.target, InferenceLayer(weights, kernels, policy))
     graph.graph.lint()

@@ -13,6 +13,7 @@ A kernel class says whether it can run on this machine (`unavailable`) and on wh
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -241,7 +242,9 @@ class TorchCsr(_SparseMatrixTimesColumns):
         return None
 
     def sparse_matrix(self, dense: torch.Tensor) -> object:
-        return dense.to_sparse_csr()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": nothing the user can act on
+            warnings.simplefilter("ignore", UserWarning)
+            return dense.to_sparse_csr()
 
     def multiply(self, columns: torch.Tensor) -> torch.Tensor:
         return torch.mm(self.matrix, columns)  # type: ignore[arg-type]
