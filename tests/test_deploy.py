@@ -196,6 +196,7 @@ def test_cli_export_of_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     kernel_size=st.sampled_from([1, 3, 5]),
     stride=st.sampled_from([1, 2]),
     relu=st.booleans(),
+    residual=st.booleans(),
     density=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**16),
 )
@@ -207,6 +208,7 @@ def test_numba_conv_equals_torch_conv(
     kernel_size: int,
     stride: int,
     relu: bool,
+    residual: bool,
     density: float,
     seed: int,
 ) -> None:
@@ -215,11 +217,13 @@ def test_numba_conv_equals_torch_conv(
     weight *= torch.rand(weight.shape, generator=generator) < density
     bias = torch.randn(outputs, generator=generator)
     padding = kernel_size // 2
-    layer = LayerWeights(weight, bias, (stride, stride), (padding, padding), relu=relu)
+    layer = LayerWeights(weight, bias, (stride, stride), (padding, padding), relu=relu, residual=residual)
     x = torch.randn(batch, channels, size, size + 1, generator=generator)
     expected = F.conv2d(x, weight, bias, stride, padding)
+    skip = torch.randn(expected.shape, generator=generator) if residual else None
+    expected = expected + skip if residual else expected
     expected = expected.relu() if relu else expected
-    got = KERNELS.get("numba")(layer)(x)
+    got = KERNELS.get("numba")(layer)(x, skip)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 

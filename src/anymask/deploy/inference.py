@@ -2,7 +2,8 @@
 
 `sparse_inference_model(model, mask)` traces the model (torch.fx), folds every BatchNorm that directly
 follows a convolution into that convolution's weight and bias (a pruned weight stays exactly zero: it
-is only scaled), fuses a ReLU that directly follows a layer into it, and replaces each Conv2d and
+is only scaled), fuses a ReLU that directly follows a layer into it (or a residual sum and the ReLU
+after it, as in a ResNet block), and replaces each Conv2d and
 Linear with an `InferenceLayer` that runs one kernel from `anymask.deploy.kernels.KERNELS`.
 
 Which kernel: ``kernel="auto"`` times the dense kernel and every available sparse one on the layer's
@@ -16,6 +17,7 @@ why. ``kernel="dense"`` is the fair dense baseline: the same folded, fused graph
 from __future__ import annotations
 
 import copy
+import operator
 import sys
 import time
 from pathlib import Path
@@ -73,18 +75,18 @@ class InferenceLayer(nn.Module):
         self.policy = policy  # AUTO or a kernel name
         self.choice: dict[int, str] = {}  # batch size -> kernel name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
         if batch not in self.choice:
-            self.choice[batch] = self._choose(x)
-        return self.kernels[self.choice[batch]](x)
+            self.choice[batch] = self._choose(x, residual)
+        return self.kernels[self.choice[batch]](x, residual)
 
-    def _choose(self, x: torch.Tensor) -> str:
+    def _choose(self, x: torch.Tensor, residual: torch.Tensor | None) -> str:
         if self.policy != AUTO:
             return self.policy if self.policy in self.kernels else "dense"
         if len(self.kernels) == 1:
             return "dense"
-        timings = {name: _best_time(kernel, x) for name, kernel in self.kernels.items()}
+        timings = {name: _best_time(kernel, x, residual) for name, kernel in self.kernels.items()}
         return min(timings, key=timings.__getitem__)
 
     def extra_repr(self) -> str:
@@ -92,12 +94,12 @@ class InferenceLayer(nn.Module):
         return f"{shape}, density {self.weights.density:.4f}, relu={self.weights.relu}, kernels={self.choice}"
 
 
-def _best_time(kernel: Kernel, x: torch.Tensor) -> float:
-    kernel(x)  # untimed: compiles (numba) or loads the compiled code, warms the caches
+def _best_time(kernel: Kernel, x: torch.Tensor, residual: torch.Tensor | None) -> float:
+    kernel(x, residual)  # untimed: compiles (numba) or loads the compiled code, warms the caches
     best = float("inf")
     for _ in range(TUNE_REPEATS):
         begin = time.perf_counter()
-        kernel(x)
+        kernel(x, residual)
         best = min(best, time.perf_counter() - begin)
     return best
 
@@ -213,12 +215,7 @@ def _replace_layers(graph: fx.GraphModule, sparse: dict[str, type[Kernel]], poli
             continue
         if calls[node.target] > 1:
             continue  # a module called twice would need one kernel per call site
-        weights = _layer_weights(modules[node.target])
-        relu = _single_module_user(node, modules, nn.ReLU)
-        if relu is not None:
-            weights = weights.with_relu()
-            relu.replace_all_uses_with(node)
-            graph.graph.erase_node(relu)
+        weights = _fuse_followers(graph, node, modules, _layer_weights(modules[node.target]))
         kernels: dict[str, Kernel] = {"dense": KERNELS.get("dense")(weights)}
         for name, kernel in sparse.items():
             if kernel.supports(weights) and (policy == name or weights.density <= MAX_SPARSE_DENSITY):
@@ -227,6 +224,36 @@ def _replace_layers(graph: fx.GraphModule, sparse: dict[str, type[Kernel]], poli
     graph.graph.lint()
     graph.delete_all_unused_submodules()
     graph.recompile()
+
+
+def _fuse_followers(
+    graph: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], weights: LayerWeights
+) -> LayerWeights:
+    """Fold what directly follows the layer into it: a ReLU, or a residual sum then a ReLU.
+
+    The residual pattern is ``relu(layer(x) + other)``: the layer is called as ``layer(x, other)``,
+    moved to just before the sum (where `other` exists), and the sum and the ReLU leave the graph.
+    """
+    relu = _single_module_user(node, modules, nn.ReLU)
+    if relu is not None:
+        relu.replace_all_uses_with(node)
+        graph.graph.erase_node(relu)
+        return weights.fused(relu=True)
+    if not weights.is_conv or len(node.users) != 1:
+        return weights
+    add = next(iter(node.users))
+    if add.op != "call_function" or add.target not in (operator.add, torch.add) or len(add.args) != 2:
+        return weights
+    others = [a for a in add.args if a is not node]
+    relu = _single_module_user(add, modules, nn.ReLU)
+    if relu is None or len(others) != 1 or not isinstance(others[0], fx.Node) or add.kwargs:
+        return weights
+    add.prepend(node)
+    node.args = (*node.args, others[0])
+    relu.replace_all_uses_with(node)
+    graph.graph.erase_node(relu)
+    graph.graph.erase_node(add)
+    return weights.fused(relu=True, residual=True)
 
 
 def _layer_weights(module: nn.Module) -> LayerWeights:

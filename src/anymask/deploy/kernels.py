@@ -1,10 +1,11 @@
 """Inference kernels for one convolution or linear layer, in a registry.
 
-Every kernel computes ``relu?(conv2d(x, weight, bias))`` (or the linear equivalent) for a layer whose
-BatchNorm is already folded in. ``dense`` is PyTorch's own and runs everywhere; the sparse ones skip
-the zeros. Which one a layer uses is decided in `anymask.deploy.inference` (by timing them on the
-layer's real input, or by the caller's choice); docs/performance.md has the measurements behind the
-candidates kept here.
+Every kernel computes ``relu?(conv2d(x, weight, bias) + residual?)`` (or the linear equivalent) for a
+layer whose BatchNorm is already folded in; the residual is a ResNet block's shortcut, fused so that
+the sum and the ReLU cost no extra pass over memory. ``dense`` is PyTorch's own and runs everywhere;
+the sparse ones skip the zeros. Which one a layer uses is decided in `anymask.deploy.inference` (by
+timing them on the layer's real input, or by the caller's choice); docs/performance.md has the
+measurements behind the candidates kept here.
 
 A kernel class says whether it can run on this machine (`unavailable`) and on which layers
 (`supports`), and is built once per layer from its weights.
@@ -12,6 +13,7 @@ A kernel class says whether it can run on this machine (`unavailable`) and on wh
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import warnings
 from dataclasses import dataclass
@@ -34,7 +36,8 @@ class LayerWeights:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
-    relu: bool = False
+    relu: bool = False  # applied last, after the residual when there is one
+    residual: bool = False  # the layer is called as layer(x, residual) and adds it before the ReLU
 
     @property
     def is_conv(self) -> bool:
@@ -44,10 +47,8 @@ class LayerWeights:
     def density(self) -> float:
         return int(self.weight.count_nonzero()) / max(1, self.weight.numel())
 
-    def with_relu(self) -> LayerWeights:
-        return LayerWeights(
-            self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups, relu=True
-        )
+    def fused(self, relu: bool = False, residual: bool = False) -> LayerWeights:
+        return dataclasses.replace(self, relu=self.relu or relu, residual=self.residual or residual)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         kh, kw = self.weight.shape[2:]
@@ -71,10 +72,16 @@ class Kernel(Protocol):
 
     def __init__(self, layer: LayerWeights) -> None: ...
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 KERNELS: Registry[type[Kernel]] = Registry("inference kernel")
+
+
+def _finish(out: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    if residual is not None:
+        out = out.add_(residual)
+    return out.relu_() if relu else out
 
 
 def _plain(layer: LayerWeights) -> bool:
@@ -100,7 +107,7 @@ class Dense:
     def __init__(self, layer: LayerWeights) -> None:
         self.layer = layer
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         layer = self.layer
         if layer.is_conv:
             out = F.conv2d(
@@ -108,7 +115,7 @@ class Dense:
             )
         else:
             out = F.linear(x, layer.weight, layer.bias)
-        return out.relu_() if layer.relu else out
+        return _finish(out, residual, layer.relu)
 
 
 def _csr_rows(matrix: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,15 +160,23 @@ class NumbaSparse:
         else:
             self.column = columns
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv(x) if self.layer.is_conv else self._linear(x)
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.layer.is_conv:
+            return self._conv(x, residual)
+        out = self._linear(x)
+        return out if residual is None else _finish(out, residual, self.layer.relu)
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         n, channels, height, width = x.shape
         out_h, out_w = self.layer.output_size(height, width)
         # CHWN: a no-op when the previous layer was this kernel too (its output is a CHWN view).
         chwn = x.detach().float().permute(1, 2, 3, 0).contiguous()
         out = torch.empty((self.outputs, out_h, out_w, n), dtype=torch.float32)
+        if residual is None:
+            skip = np.zeros((1, 1, 1), dtype=np.float32)
+        else:
+            skip = residual.detach().float().permute(1, 2, 3, 0).contiguous().numpy()
+            skip = skip.reshape(self.outputs, out_h, out_w * n)
         self.impl.conv2d_chwn(
             chwn.numpy().reshape(channels, height, width * n),
             n,
@@ -174,17 +189,19 @@ class NumbaSparse:
             self.bias,
             self.layer.stride[0],
             self.layer.stride[1],
+            skip,
+            residual is not None,
             self.layer.relu,
             out.numpy().reshape(self.outputs, out_h, out_w * n),
         )
         return out.permute(3, 0, 1, 2)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Without a residual; __call__ adds one (and then the ReLU) in torch."""
         xt = x.detach().float().t().contiguous()
         out = torch.empty((self.outputs, x.shape[0]), dtype=torch.float32)
-        self.impl.linear_tn(
-            xt.numpy(), self.indptr, self.column, self.values, self.bias, self.layer.relu, out.numpy()
-        )
+        relu = self.layer.relu and not self.layer.residual
+        self.impl.linear_tn(xt.numpy(), self.indptr, self.column, self.values, self.bias, relu, out.numpy())
         return out.t()
 
     @staticmethod
@@ -219,7 +236,7 @@ class _SparseMatrixTimesColumns:
     def multiply(self, columns: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         layer, x = self.layer, x.detach().float()
         if layer.is_conv:
             n, _, height, width = x.shape
@@ -230,7 +247,7 @@ class _SparseMatrixTimesColumns:
             out = out.permute(1, 0, 2, 3)
         else:
             out = (self.multiply(x.t().contiguous()) + self.bias).t()
-        return out.relu_() if layer.relu else out
+        return _finish(out, residual, layer.relu)
 
 
 @KERNELS.register("torch-csr")

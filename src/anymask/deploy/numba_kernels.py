@@ -5,7 +5,8 @@ Activations are in CHWN layout here: (channels, height, width, batch), batch inn
 ``out[o, i, j, :]``; with stride 1 a whole output row of taps is then one contiguous axpy of length
 width x batch (2,048 floats for a 32-pixel row at batch 64), which LLVM vectorises. Zeros are never
 touched, there is no im2col buffer, and each output row stays in L1 cache while all of its channel's
-taps are added to it. Threads split the output channels (`prange`).
+taps are added to it, then a residual (a ResNet block's shortcut) and the ReLU, in the same pass.
+Threads split the output channels (`prange`).
 
 Arrays arrive reshaped so that a row is one 1-D contiguous slice: x as (C, H, W*N), out as
 (O, OH, OW*N). Loops over slices start at 0 so that numba can drop its negative-index checks and the
@@ -21,7 +22,9 @@ _JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
 
 
 @numba.njit(**_JIT)
-def conv2d_chwn(x, n, width, indptr, chan, dy, dx, weight, bias, sh, sw, relu, out):  # pragma: no cover
+def conv2d_chwn(  # pragma: no cover
+    x, n, width, indptr, chan, dy, dx, weight, bias, sh, sw, residual, add_residual, relu, out
+):
     height = x.shape[1]
     outputs, out_h, row_len = out.shape
     out_w = row_len // n
@@ -51,6 +54,10 @@ def conv2d_chwn(x, n, width, indptr, chan, dy, dx, weight, bias, sh, sw, relu, o
                         part = src[(j * sw + ox) * n : (j * sw + ox + 1) * n]
                         for k in range(n):
                             dst[k] += w * part[k]
+            if add_residual:
+                skip = residual[o, i]
+                for k in range(row_len):
+                    row[k] += skip[k]
             if relu:
                 for k in range(row_len):
                     row[k] = max(row[k], np.float32(0.0))
