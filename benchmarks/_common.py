@@ -36,11 +36,16 @@ def synchronize(device: torch.device) -> None:
 
 
 def interleaved(
-    cases: dict[str, Callable[[], object]], rounds: int, warmup: int, device: torch.device
+    cases: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds per call of every case, `rounds` samples each, after `warmup` untimed rounds.
 
     Use a multiple of len(cases)! rounds (2 for two cases, 6 for three) for a fully balanced design.
+    `clock=time.process_time` counts this process's CPU seconds instead of wall time.
     """
     names = list(cases)
     orders = list(itertools.permutations(names))
@@ -51,10 +56,10 @@ def interleaved(
     times: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         for name in orders[index % len(orders)]:
-            begin = time.perf_counter()
+            begin = clock()
             cases[name]()
             synchronize(device)
-            times[name].append(time.perf_counter() - begin)
+            times[name].append(clock() - begin)
     return times
 
 

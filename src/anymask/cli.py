@@ -1,4 +1,4 @@
-"""The `anymask` command: train, demo, prune, inspect, compare, sweep, report.
+"""The `anymask` command: train, demo, prune, inspect, compare, sweep, report, export.
 
 Every run setting of `anymask.config` is a flag (`sparsity` -> `--sparsity`, `mask_method` ->
 `--mask-method`); a `--config` file gives values that flags then override. User errors print one line.
@@ -154,6 +154,19 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("export")
+def export_command(args: argparse.Namespace) -> int:
+    from anymask.deploy import export_run
+
+    result = export_run(Path(args.run_dir), Path(args.out))
+    print(
+        f"saved {result.path}: {result.file_bytes:,} bytes, {result.ratio:.1f}x smaller than the dense "
+        f"weights ({result.dense_bytes:,} bytes); {result.kept:,} of {result.total:,} weights kept in "
+        f"{result.compressed} compressed tensors"
+    )
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -210,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also copy each run's config, metrics and summary into OUT/runs (commit those, not run folders)",
     )
+
+    export = sub.add_parser(
+        "export", help="write a finished run's weights compressed (kept values + positions)"
+    )
+    export.add_argument(
+        "run_dir", help="a finished run folder (holds model.safetensors and mask.safetensors)"
+    )
+    export.add_argument("--out", required=True, help="the .safetensors file to write")
     return parser
 
 

@@ -1,0 +1,272 @@
+"""A trained sparse network as a fast CPU inference module.
+
+`sparse_inference_model(model, mask)` traces the model (torch.fx), folds every BatchNorm that directly
+follows a convolution into that convolution's weight and bias (a pruned weight stays exactly zero: it
+is only scaled), fuses a ReLU that directly follows a layer into it (or a residual sum and the ReLU
+after it, as in a ResNet block), and replaces each Conv2d and
+Linear with an `InferenceLayer` that runs one kernel from `anymask.deploy.kernels.KERNELS`.
+
+Which kernel: ``kernel="auto"`` times the dense kernel and every available sparse one on the layer's
+real input the first time a batch size is seen, and keeps the fastest for that layer and batch size
+(so a dense-ish layer, or a tiny one at batch 1, stays dense; above `MAX_SPARSE_DENSITY` only dense
+is considered). A kernel name forces it on every layer
+it supports. Where no sparse kernel can run (numba missing), every layer runs dense and one line says
+why. ``kernel="dense"`` is the fair dense baseline: the same folded, fused graph in PyTorch eager.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from anymask.deploy.kernels import KERNELS, Kernel, LayerWeights
+from anymask.errors import AnymaskError
+from anymask.masks import Mask
+
+AUTO = "auto"
+_NOTICES: set[str] = set()
+MAX_SPARSE_DENSITY = 0.5
+"""Above this density `auto` does not even time the sparse kernels: a kernel that skips zeros does the
+dense kernel's work there, less efficiently (docs/performance.md)."""
+TUNE_REPEATS = 3
+"""Timed calls per candidate kernel when a layer first sees a batch size (after one untimed call)."""
+
+
+def notice(message: str) -> None:
+    """One line on stderr, once per process and message."""
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(f"anymask: notice: {message}", file=sys.stderr)
+
+
+def sparse_kernels(policy: str = AUTO) -> dict[str, type[Kernel]]:
+    """The sparse kernels `policy` may use that can run here; one notice says why, when none can."""
+    wanted = [
+        n
+        for n in KERNELS
+        if KERNELS.get(n).sparse and (n == policy or (policy == AUTO and KERNELS.get(n).auto))
+    ]
+    usable, missing = {}, []
+    for name in wanted:
+        reason = KERNELS.get(name).unavailable()
+        if reason is None:
+            usable[name] = KERNELS.get(name)
+        else:
+            missing.append(f"{name}: {reason}")
+    if wanted and not usable:
+        notice(f"sparse kernels unavailable, running dense PyTorch kernels instead ({'; '.join(missing)})")
+    return usable
+
+
+class InferenceLayer(nn.Module):
+    """One folded Conv2d or Linear, computed by the kernel chosen for each batch size."""
+
+    def __init__(self, weights: LayerWeights, kernels: dict[str, Kernel], policy: str) -> None:
+        super().__init__()
+        self.weights = weights
+        self.kernels = kernels  # name -> built kernel; always holds "dense"
+        self.policy = policy  # AUTO or a kernel name
+        self.choice: dict[int, str] = {}  # batch size -> kernel name
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        batch = x.shape[0]
+        if batch not in self.choice:
+            self.choice[batch] = self._choose(x, residual)
+        return self.kernels[self.choice[batch]](x, residual)
+
+    def _choose(self, x: torch.Tensor, residual: torch.Tensor | None) -> str:
+        if self.policy != AUTO:
+            return self.policy if self.policy in self.kernels else "dense"
+        if len(self.kernels) == 1:
+            return "dense"
+        timings = {name: _best_time(kernel, x, residual) for name, kernel in self.kernels.items()}
+        return min(timings, key=timings.__getitem__)
+
+    def extra_repr(self) -> str:
+        shape = "x".join(str(d) for d in self.weights.weight.shape)
+        return f"{shape}, density {self.weights.density:.4f}, relu={self.weights.relu}, kernels={self.choice}"
+
+
+def _best_time(kernel: Kernel, x: torch.Tensor, residual: torch.Tensor | None) -> float:
+    kernel(x, residual)  # untimed: compiles (numba) or loads the compiled code, warms the caches
+    best = float("inf")
+    for _ in range(TUNE_REPEATS):
+        begin = time.perf_counter()
+        kernel(x, residual)
+        best = min(best, time.perf_counter() - begin)
+    return best
+
+
+class SparseInference(nn.Module):
+    """The folded, kernel-backed network; call it on float32 NCHW images (no gradients)."""
+
+    def __init__(self, graph: fx.GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph_module(x.float()).contiguous()
+
+    def layers(self) -> dict[str, InferenceLayer]:
+        return {n: m for n, m in self.graph_module.named_modules() if isinstance(m, InferenceLayer)}
+
+    def plan(self, batch: int) -> dict[str, str]:
+        """Layer name -> the kernel it runs at `batch` (known once a batch of that size has run)."""
+        return {name: layer.choice.get(batch, "?") for name, layer in self.layers().items()}
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, kernel: str = AUTO) -> SparseInference:
+        from anymask.deploy.run_folder import read_run
+
+        run = read_run(run_dir)
+        return sparse_inference_model(run.model(), run.mask, kernel)
+
+    @classmethod
+    def from_export(cls, path: str | Path, kernel: str = AUTO) -> SparseInference:
+        from anymask.deploy.export import load_exported_model
+
+        return sparse_inference_model(load_exported_model(path), None, kernel)
+
+
+def sparse_inference_model(model: nn.Module, mask: Mask | None = None, kernel: str = AUTO) -> SparseInference:
+    """`model` (with `mask` applied, if given) as a CPU inference module; see the module docstring."""
+    if kernel != AUTO:
+        KERNELS.get(kernel)  # one-line error for an unknown name
+    model = copy.deepcopy(model).cpu().float().eval()
+    if mask is not None:
+        mask.apply(model)
+    graph = fold_batchnorm(_trace(model))
+    sparse = sparse_kernels(kernel)
+    if kernel != AUTO and kernel not in sparse:
+        kernel = "dense"  # asked for dense, or the notice above said why not
+    _replace_layers(graph, sparse, kernel)
+    return SparseInference(graph)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as error:
+        first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise AnymaskError(
+            f"cannot trace {type(model).__name__} for inference with torch.fx ({first}); sparse inference "
+            "needs a forward without data-dependent control flow"
+        ) from None
+
+
+def _set_module(graph: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, leaf = target.rpartition(".")
+    setattr(graph.get_submodule(parent) if parent else graph, leaf, module)
+
+
+def _single_module_user(node: fx.Node, modules: dict[str, nn.Module], kind: type) -> fx.Node | None:
+    """The one node using `node`'s output when it calls a module of type `kind`, else None."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.op == "call_module" and isinstance(modules[str(user.target)], kind):
+        return user
+    return None
+
+
+def fold_batchnorm(graph: fx.GraphModule) -> fx.GraphModule:
+    """Fold each BatchNorm2d whose input is a Conv2d's output (and nothing else's) into that Conv2d."""
+    modules = dict(graph.named_modules())
+    calls = _call_counts(graph)
+    for node in list(graph.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d):
+            continue
+        norm = _single_module_user(node, modules, nn.BatchNorm2d)
+        if norm is None or calls[node.target] > 1 or calls[norm.target] > 1:
+            continue
+        fused = fuse_conv_bn_eval(modules[node.target], modules[norm.target])
+        _set_module(graph, node.target, fused)
+        modules[node.target] = fused
+        norm.replace_all_uses_with(node)
+        graph.graph.erase_node(norm)
+    graph.graph.lint()
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+    return graph
+
+
+def _call_counts(graph: fx.GraphModule) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_module":
+            counts[str(node.target)] = counts.get(str(node.target), 0) + 1
+    return counts
+
+
+def _replace_layers(graph: fx.GraphModule, sparse: dict[str, type[Kernel]], policy: str) -> None:
+    """Each Conv2d / Linear becomes an InferenceLayer; a ReLU module right after it is fused in."""
+    modules = dict(graph.named_modules())
+    calls = _call_counts(graph)
+    for node in list(graph.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.Conv2d | nn.Linear):
+            continue
+        if calls[node.target] > 1:
+            continue  # a module called twice would need one kernel per call site
+        weights = _fuse_followers(graph, node, modules, _layer_weights(modules[node.target]))
+        kernels: dict[str, Kernel] = {"dense": KERNELS.get("dense")(weights)}
+        for name, kernel in sparse.items():
+            if kernel.supports(weights) and (policy == name or weights.density <= MAX_SPARSE_DENSITY):
+                kernels[name] = kernel(weights)
+        _set_module(graph, node.target, InferenceLayer(weights, kernels, policy))
+    graph.graph.lint()
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+
+
+def _fuse_followers(
+    graph: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], weights: LayerWeights
+) -> LayerWeights:
+    """Fold what directly follows the layer into it: a ReLU, or a residual sum then a ReLU.
+
+    The residual pattern is ``relu(layer(x) + other)``: the layer is called as ``layer(x, other)``,
+    moved to just before the sum (where `other` exists), and the sum and the ReLU leave the graph.
+    """
+    relu = _single_module_user(node, modules, nn.ReLU)
+    if relu is not None:
+        relu.replace_all_uses_with(node)
+        graph.graph.erase_node(relu)
+        return weights.fused(relu=True)
+    if not weights.is_conv or len(node.users) != 1:
+        return weights
+    add = next(iter(node.users))
+    if add.op != "call_function" or add.target not in (operator.add, torch.add) or len(add.args) != 2:
+        return weights
+    others = [a for a in add.args if a is not node]
+    relu = _single_module_user(add, modules, nn.ReLU)
+    if relu is None or len(others) != 1 or not isinstance(others[0], fx.Node) or add.kwargs:
+        return weights
+    add.prepend(node)
+    node.args = (*node.args, others[0])
+    relu.replace_all_uses_with(node)
+    graph.graph.erase_node(relu)
+    graph.graph.erase_node(add)
+    return weights.fused(relu=True, residual=True)
+
+
+def _layer_weights(module: nn.Module) -> LayerWeights:
+    weight = module.weight.detach().float().contiguous()
+    bias = module.bias
+    bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            raise AnymaskError(
+                f"sparse inference supports numeric zero padding only; this model has a conv with "
+                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}"
+            )
+        return LayerWeights(
+            weight, bias, tuple(module.stride), tuple(module.padding), tuple(module.dilation), module.groups
+        )
+    return LayerWeights(weight, bias)

@@ -1,0 +1,78 @@
+"""A finished run folder as deployment reads it: the model's state, its mask and how to rebuild it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from anymask.deploy.export import ExportResult, ModelSpec, export_state
+from anymask.errors import AnymaskError
+from anymask.masks import Mask
+
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 8),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "tinyimagenet": (3, 64, 64),
+}
+"""Image shape of each registered dataset, so a model is rebuilt without loading its data (the shape
+decides where VGG-style models keep their pools)."""
+
+
+@dataclass
+class TrainedRun:
+    state: dict[str, torch.Tensor]
+    mask: Mask
+    spec: ModelSpec
+
+    def model(self) -> nn.Module:
+        """The registry model with the run's weights, in eval mode."""
+        model = self.spec.build()
+        model.load_state_dict(self.state, strict=True)
+        return model.eval()
+
+
+def read_run(run_dir: str | Path) -> TrainedRun:
+    """config.json, mask.safetensors and model.safetensors of a finished run, with one-line errors."""
+    from safetensors.torch import load_file
+
+    from anymask.config import load_run_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AnymaskError(f"run folder not found: {run_dir}")
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise AnymaskError(
+            f"{run_dir} has no model.safetensors: the run has not finished; finish it with "
+            f"`anymask train --resume --out {run_dir}` (plus its settings)"
+        )
+    try:
+        config = load_run_config(run_dir / "config.json")
+        state = load_file(str(weights))
+    except Exception as error:
+        raise AnymaskError(f"cannot read the run in {run_dir}: {str(error).splitlines()[0][:200]}") from None
+    mask = Mask.load(run_dir / "mask.safetensors")
+    shape = INPUT_SHAPES.get(config.data.data)
+    if shape is None:
+        raise AnymaskError(f"cannot export runs on dataset '{config.data.data}': its image shape is unknown")
+    classifier = [v for k, v in state.items() if k.endswith("classifier.weight")]
+    num_classes = int(classifier[-1].shape[0]) if classifier else 10
+    spec = ModelSpec(config.model.model, config.model.width, num_classes, shape)
+    run = TrainedRun(state, mask, spec)
+    try:
+        run.model()
+    except RuntimeError as error:
+        raise AnymaskError(
+            f"{weights} does not load into {spec.model}: {str(error).splitlines()[0][:200]}"
+        ) from None
+    return run
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> ExportResult:
+    """`anymask export RUN_DIR --out FILE`: the run's weights compressed with its own mask."""
+    run = read_run(run_dir)
+    return export_state(run.state, run.mask, out, run.spec)
