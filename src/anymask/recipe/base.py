@@ -1,8 +1,9 @@
 """The contract between the training loop and the recipe's parts.
 
-A recipe is a list of parts (`gsn`, `gsc`, `lrsi`, `ls`; `smooth`, `dense-skips` for the official variant), each registered in `RECIPE_PARTS`. The trainer
-talks only to `Recipe`, which fans each call out to the parts. Times are in epochs as floats
-(`epoch + step / steps_per_epoch`), so schedules are independent of batch size.
+A recipe is a list of parts (`gsn`, `gsc`, `lrsi`, `ls`; `smooth`, `dense-skips` for the official
+variant), each registered in `RECIPE_PARTS`. The trainer talks only to `Recipe`, which fans each call
+out to the parts. Times are in epochs as floats (`epoch + step / steps_per_epoch`), so schedules are
+independent of batch size.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ def parse_recipe(spec: str) -> tuple[str, ...]:
             choices = ", ".join([*PRESETS, *RECIPE_PARTS.names()])
             raise AnymaskError(f"unknown recipe part '{name}' in --recipe {spec!r}; choose from: {choices}")
     if not names:
-        raise AnymaskError("--recipe is empty; use 'default', 'tost', 'tost-official' or a list such as 'gsn,ls'")
+        raise AnymaskError(
+            "--recipe is empty; use 'default', 'tost', 'tost-official' or a list such as 'gsn,ls'"
+        )
     for pair in EXCLUSIVE:
         if set(pair) <= set(names):
             raise AnymaskError(f"--recipe {spec!r} has both {' and '.join(pair)}; they exclude each other")

@@ -53,7 +53,8 @@ def relu_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 @RECIPE_PARTS.register("smooth")
 class SmoothActivations(RecipePart):
-    """Every nn.ReLU module becomes the `gsn_soft` activation for good: training, evaluation, the saved model."""
+    """Every nn.ReLU module becomes the `gsn_soft` activation for good: in training, evaluation and the
+    saved model."""
 
     name = "smooth"
 
@@ -157,4 +158,3 @@ class DenseSkips(RecipePart):
             f"{len(self.branches)} dense 1x1 conv + BN skip branches "
             f"({self.extra_parameters()} parameters, never pruned)"
         )
-
