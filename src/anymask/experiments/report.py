@@ -92,9 +92,21 @@ class Group:
         }
         return sorted(empty)
 
+    @cached_property
+    def changed_architecture(self) -> str:
+        """How the recipe changed the trained model (tost-official), from summary.json; '' if it did not."""
+        changed = (
+            r.summary.get("architecture", "")
+            for r in self.runs
+            if r.summary.get("plain_architecture") is False
+        )
+        return next(changed, "")
+
     def final_cell(self) -> str:
-        """Final test accuracy, marked with a dagger when the mask collapsed a layer."""
-        return percent_cell(self.values("final_test_acc")) + (" †" if self.collapsed_layers else "")
+        """Final test accuracy, marked with a dagger when the mask collapsed a layer and a double dagger
+        when the trained model is not the plain architecture."""
+        marks = (" †" if self.collapsed_layers else "") + (" ‡" if self.changed_architecture else "")
+        return percent_cell(self.values("final_test_acc")) + marks
 
     def gain_over(self, baseline: Group, key: str) -> Gain:
         mine, base = self.by_seed(key), baseline.by_seed(key)
@@ -284,7 +296,7 @@ def table_markdown(table: Table) -> str:
     )
     matrix = accuracy_matrix_markdown(table)
     long_table = f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
-    return long_table + (f"\n{matrix}" if matrix else "") + collapse_note(table)
+    return long_table + (f"\n{matrix}" if matrix else "") + collapse_note(table) + architecture_note(table)
 
 
 def collapse_note(table: Table) -> str:
@@ -297,6 +309,16 @@ def collapse_note(table: Table) -> str:
     if not lines:
         return ""
     return "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
+
+
+def architecture_note(table: Table) -> str:
+    """One line per recipe whose trained model is not the plain architecture: its accuracy is not that of
+    the sparse network alone."""
+    notes = {g.recipe: g.changed_architecture for g in table.groups if g.changed_architecture}
+    if not notes:
+        return ""
+    lines = [f"- {recipe}: {text}" for recipe, text in sorted(notes.items())]
+    return "\n‡ The trained model keeps more than the mask's weights:\n\n" + "\n".join(lines) + "\n"
 
 
 def accuracy_matrix_markdown(table: Table) -> str:
