@@ -301,3 +301,25 @@ def test_report_marks_runs_whose_model_is_not_the_plain_architecture(tmp_path: P
     assert "‡" not in cells[names.index("tost final")] + cells[names.index("default final")]
     assert f"- tost-official: {architecture}" in text.splitlines()
     assert text.count("‡") == 2  # the cell and the note
+
+
+# -- DDP -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_ranks_train_the_branches_as_one_process(tmp_path: Path) -> None:
+    """The branches are in the model DDP wraps: gradients averaged, their BN global-batch, like the rest.
+
+    32+ channels: subprocesses keep oneDNN, which crashes now and then on tinier convs (conftest.py).
+    """
+    from test_distributed import assert_same_weights, check, launch
+
+    flags = {**QUICK, "width": 2.0, "train_subset": 256, "batch_size": 128, "recipe": "tost-official"}
+    flags.pop("progress")
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in flags.items()]
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}"
+        check(launch(["-m", "anymask", "train", *args, "--no-progress", "--out", str(out)], ranks=ranks))
+    single, ddp = (load_file(tmp_path / f"ranks{r}" / "model.safetensors") for r in (1, 2))
+    assert any("dense_skip" in key for key in ddp)
+    assert_same_weights(ddp, single, atol=1e-3)
+    summaries = [json.loads((tmp_path / f"ranks{r}" / "summary.json").read_text()) for r in (1, 2)]
+    assert summaries[0]["extra_parameters"] == summaries[1]["extra_parameters"] > 0

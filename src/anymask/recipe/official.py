@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from anymask.errors import AnymaskError
 from anymask.recipe.base import RECIPE_PARTS, RecipeContext, RecipePart, check_choice
@@ -114,9 +113,8 @@ class DenseSkips(RecipePart):
 
     def __init__(self, config: Any, total_epochs: float) -> None:
         super().__init__(config, total_epochs)
-        self.branches: list[nn.Sequential] = []
-        self._handles: list[RemovableHandle] = []
-        self._inputs: dict[int, torch.Tensor] = {}
+        self.branches: list[nn.Module] = []
+        self._inputs: dict[int, torch.Tensor] = {}  # entry inputs waiting for their exit, by branch index
 
     def check(self, model: nn.Module) -> None:
         if not basic_blocks(model):
@@ -138,17 +136,17 @@ class DenseSkips(RecipePart):
 
     def _attach(self, entry: nn.Module, exit_: nn.Module, branch: nn.Module) -> None:
         index = len(self.branches)
-        self.branches.append(branch)  # type: ignore[arg-type]
-        self._handles.append(entry.register_forward_pre_hook(functools.partial(self._store, index)))
-        self._handles.append(exit_.register_forward_hook(functools.partial(self._add, index)))
+        self.branches.append(branch)
+        entry.register_forward_pre_hook(functools.partial(self._store, index))
+        exit_.register_forward_hook(functools.partial(self._add, index, branch))
 
     def _store(self, index: int, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._inputs[index] = args[0]
 
     def _add(
-        self, index: int, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
+        self, index: int, branch: nn.Module, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
     ) -> torch.Tensor:
-        return output + self.branches[index](self._inputs.pop(index)).to(output.dtype)
+        return output + branch(self._inputs.pop(index)).to(output.dtype)
 
     def extra_parameters(self) -> int:
         return sum(p.numel() for branch in self.branches for p in branch.parameters())
