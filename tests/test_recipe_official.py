@@ -308,9 +308,11 @@ def test_report_marks_runs_whose_model_is_not_the_plain_architecture(tmp_path: P
 def test_two_ranks_train_the_branches_as_one_process(tmp_path: Path) -> None:
     """The branches are in the model DDP wraps: gradients averaged, their BN global-batch, like the rest.
 
+    Measured: parameters within 6.2e-5 of the one-process run, BN running statistics within 7.3e-4 (they
+    are larger numbers); branches trained per rank without averaging would not stay this close.
     32+ channels: subprocesses keep oneDNN, which crashes now and then on tinier convs (conftest.py).
     """
-    from test_distributed import assert_same_weights, check, launch
+    from test_distributed import check, launch
 
     flags = {**QUICK, "width": 2.0, "train_subset": 256, "batch_size": 128, "recipe": "tost-official"}
     flags.pop("progress")
@@ -320,6 +322,9 @@ def test_two_ranks_train_the_branches_as_one_process(tmp_path: Path) -> None:
         check(launch(["-m", "anymask", "train", *args, "--no-progress", "--out", str(out)], ranks=ranks))
     single, ddp = (load_file(tmp_path / f"ranks{r}" / "model.safetensors") for r in (1, 2))
     assert any("dense_skip" in key for key in ddp)
-    assert_same_weights(ddp, single, atol=1e-3)
+    assert ddp.keys() == single.keys()
+    for key, expected in single.items():
+        tolerance = {"rtol": 1e-2, "atol": 1e-4} if "running" in key else {"rtol": 0.0, "atol": 2e-4}
+        torch.testing.assert_close(ddp[key], expected, **tolerance, msg=lambda m, key=key: f"{key}: {m}")
     summaries = [json.loads((tmp_path / f"ranks{r}" / "summary.json").read_text()) for r in (1, 2)]
     assert summaries[0]["extra_parameters"] == summaries[1]["extra_parameters"] > 0
