@@ -110,7 +110,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 # Parts run in this order whatever order --recipe lists them in: what changes the network comes before
 # GradInit, so its scales fit the network that trains.
 ORDER = ("gsn", "smooth", "gsc", "dense-skips", "lrsi", "ls")
-EXCLUSIVE = (("gsn", "smooth"),)  # both replace every ReLU module
+EXCLUSIVE = {("gsn", "smooth"): "both replace every ReLU module"}
 
 
 def parse_recipe(spec: str) -> tuple[str, ...]:
@@ -130,9 +130,9 @@ def parse_recipe(spec: str) -> tuple[str, ...]:
         raise AnymaskError(
             "--recipe is empty; use 'default', 'tost', 'tost-official' or a list such as 'gsn,ls'"
         )
-    for pair in EXCLUSIVE:
+    for pair, why in EXCLUSIVE.items():
         if set(pair) <= set(names):
-            raise AnymaskError(f"--recipe {spec!r} has both {' and '.join(pair)}; they exclude each other")
+            raise AnymaskError(f"--recipe {spec!r} has both {' and '.join(pair)}, which {why}; keep one")
     return tuple(sorted(set(names), key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)))
 
 
