@@ -21,7 +21,7 @@ from anymask.data import load_dataset
 from anymask.errors import AnymaskError
 from anymask.masks.mask import Mask
 from anymask.models import create_model
-from anymask.recipe import PRESETS, Recipe, RecipeContext, parse_recipe
+from anymask.recipe import PRESETS, RECIPE_PARTS, Recipe, RecipeContext, parse_recipe
 from anymask.recipe.base import check_choice
 from anymask.recipe.config import RecipeConfig
 from anymask.recipe.ghost_neurons import SOFT, GhostSoftNeuron
@@ -120,7 +120,7 @@ def test_every_recipe_setting_belongs_to_a_part() -> None:
     prefixes = tuple(prefix for owned in PART_SETTINGS.values() for prefix in owned)
     unclaimed = [f.name for f in dataclasses.fields(RecipeConfig) if not f.name.startswith(prefixes)]
     assert unclaimed == ["recipe"]
-    assert set(PART_SETTINGS) == set(PRESETS["tost"])
+    assert set(PART_SETTINGS) == set(RECIPE_PARTS.names())
 
 
 @pytest.mark.parametrize(

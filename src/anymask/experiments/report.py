@@ -117,9 +117,21 @@ class Group:
         }
         return sorted(empty)
 
+    @cached_property
+    def changed_architecture(self) -> str:
+        """How the recipe changed the trained model (tost-official), from summary.json; '' if it did not."""
+        changed = (
+            r.summary.get("architecture", "")
+            for r in self.runs
+            if r.summary.get("plain_architecture") is False
+        )
+        return next(changed, "")
+
     def final_cell(self) -> str:
-        """Final test accuracy, marked with a dagger when the mask collapsed a layer."""
-        return percent_cell(self.values("final_test_acc")) + (" †" if self.collapsed_layers else "")
+        """Final test accuracy, marked with a dagger when the mask collapsed a layer and a double dagger
+        when the trained model is not the plain architecture."""
+        marks = (" †" if self.collapsed_layers else "") + (" ‡" if self.changed_architecture else "")
+        return percent_cell(self.values("final_test_acc")) + marks
 
     def differences(self, baseline: Group, key: str) -> list[float]:
         """This group's value minus the baseline's on each seed both have (paired differences)."""
@@ -338,7 +350,8 @@ def table_markdown(table: Table) -> str:
     )
     extras = [accuracy_matrix_markdown(table), pooled_gains_markdown(table)]
     long_table = f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
-    return long_table + "".join(f"\n{extra}" for extra in extras if extra) + collapse_note(table)
+    notes = collapse_note(table) + architecture_note(table)
+    return long_table + "".join(f"\n{extra}" for extra in extras if extra) + notes
 
 
 def pooled_gains_markdown(table: Table) -> str:
@@ -369,6 +382,16 @@ def collapse_note(table: Table) -> str:
     if not lines:
         return ""
     return "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
+
+
+def architecture_note(table: Table) -> str:
+    """One line per recipe whose trained model is not the plain architecture: its accuracy is not that of
+    the sparse network alone."""
+    notes = {g.recipe: g.changed_architecture for g in table.groups if g.changed_architecture}
+    if not notes:
+        return ""
+    lines = [f"- {recipe}: {text}" for recipe, text in sorted(notes.items())]
+    return "\n‡ The trained model keeps more than the mask's weights:\n\n" + "\n".join(lines) + "\n"
 
 
 def accuracy_matrix_markdown(table: Table) -> str:

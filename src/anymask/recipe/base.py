@@ -1,8 +1,9 @@
 """The contract between the training loop and the recipe's parts.
 
-A recipe is a list of parts (`gsn`, `gsc`, `lrsi`, `ls`), each registered in `RECIPE_PARTS`. The trainer
-talks only to `Recipe`, which fans each call out to the parts. Times are in epochs as floats
-(`epoch + step / steps_per_epoch`), so schedules are independent of batch size.
+A recipe is a list of parts (`gsn`, `gsc`, `lrsi`, `ls`; `smooth`, `dense-skips` for the official
+variant), each registered in `RECIPE_PARTS`. The trainer talks only to `Recipe`, which fans each call
+out to the parts. Times are in epochs as floats (`epoch + step / steps_per_epoch`), so schedules are
+independent of batch size.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class RecipePart:
         self.config = config  # anymask.recipe.config.RecipeConfig
         self.total_epochs = total_epochs
 
+    def check(self, model: nn.Module) -> None:
+        """Fail with a one-line AnymaskError if the part cannot apply to `model` (called before the mask)."""
+
     def prepare(self, context: RecipeContext) -> None:
         """Install into the model (ghost modules/hooks) or re-initialise it (GradInit)."""
 
@@ -73,6 +77,14 @@ class RecipePart:
         """Values to log with each epoch (schedule positions, learned scales...)."""
         return {}
 
+    def model_change(self) -> str:
+        """What the part leaves in the trained model, in words; '' when it leaves the plain architecture."""
+        return ""
+
+    def extra_parameters(self) -> int:
+        """Parameters the part adds to the trained (saved) model."""
+        return 0
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -89,11 +101,21 @@ def check_choice(key: str, value: str, choices: Iterable[str]) -> str:
 
 
 RECIPE_PARTS: Registry[type[RecipePart]] = Registry("recipe part")
-PRESETS: dict[str, tuple[str, ...]] = {"default": (), "tost": ("gsn", "gsc", "lrsi", "ls")}
+PRESETS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "tost": ("gsn", "gsc", "lrsi", "ls"),
+    # What the official ToST code does: smooth activations and dense skip branches kept for good.
+    "tost-official": ("smooth", "dense-skips", "lrsi", "ls"),
+}
+# Parts run in this order whatever order --recipe lists them in: what changes the network comes before
+# GradInit, so its scales fit the network that trains.
+ORDER = ("gsn", "smooth", "gsc", "dense-skips", "lrsi", "ls")
+EXCLUSIVE = {("gsn", "smooth"): "both replace every ReLU module"}
 
 
 def parse_recipe(spec: str) -> tuple[str, ...]:
-    """'default', 'tost' or a comma list of parts ('gsn,ls') -> part names in canonical order."""
+    """A preset ('default', 'tost', 'tost-official') or a comma list of parts ('gsn,ls') -> part names in
+    canonical order."""
     import anymask.recipe.parts  # noqa: F401  (registers the parts)
 
     spec = spec.strip().lower()
@@ -105,9 +127,13 @@ def parse_recipe(spec: str) -> tuple[str, ...]:
             choices = ", ".join([*PRESETS, *RECIPE_PARTS.names()])
             raise AnymaskError(f"unknown recipe part '{name}' in --recipe {spec!r}; choose from: {choices}")
     if not names:
-        raise AnymaskError("--recipe is empty; use 'default', 'tost' or a list such as 'gsn,ls'")
-    order = PRESETS["tost"]
-    return tuple(sorted(set(names), key=lambda n: order.index(n) if n in order else len(order)))
+        raise AnymaskError(
+            "--recipe is empty; use 'default', 'tost', 'tost-official' or a list such as 'gsn,ls'"
+        )
+    for pair, why in EXCLUSIVE.items():
+        if set(pair) <= set(names):
+            raise AnymaskError(f"--recipe {spec!r} has both {' and '.join(pair)}, which {why}; keep one")
+    return tuple(sorted(set(names), key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)))
 
 
 class Recipe:
@@ -125,6 +151,11 @@ class Recipe:
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.parts]
+
+    def check(self, model: nn.Module) -> None:
+        """Fail early, before a mask is made or a file written, if a part cannot apply to `model`."""
+        for part in self.parts:
+            part.check(model)
 
     def prepare(self, context: RecipeContext) -> None:
         for part in self.parts:
@@ -167,6 +198,17 @@ class Recipe:
 
     def metrics(self) -> dict[str, float]:
         return {f"{part.name}/{k}": v for part in self.parts for k, v in part.metrics().items()}
+
+    def architecture(self) -> dict[str, Any]:
+        """Summary fields of a run whose trained model is not the plain architecture; {} when it is."""
+        changes = [change for part in self.parts if (change := part.model_change())]
+        if not changes:
+            return {}
+        return {
+            "plain_architecture": False,
+            "extra_parameters": sum(part.extra_parameters() for part in self.parts),
+            "architecture": "not the plain architecture: " + "; ".join(changes),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {part.name: part.state_dict() for part in self.parts}

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 @dataclass
 class RecipeConfig:
     recipe: str = "default"
-    """'default' (dense protocol), 'tost' (gsn, gsc, lrsi, ls) or a comma list such as 'gsn,ls'."""
+    """'default' (dense protocol), 'tost' (gsn, gsc, lrsi, ls), 'tost-official' (the official code's variant:
+    smooth, dense-skips, lrsi, ls; the trained model is not the plain architecture) or a comma list such as
+    'gsn,ls'."""
     ghost_epochs: float | None = None
     """Length of the ghost phase in epochs, after which gsn and gsc are removed (default: 25% of the run)."""
     ghost_schedule: str = "cosine"
     """How ghost parts fade over the ghost phase: 'cosine', 'linear' or 'step' (full strength, then off)."""
     gsn_soft: str = "swish"
-    """Smooth activation the ghost neurons start from: swish (SiLU), mish, gelu, softplus or elu."""
+    """Smooth activation the ghost neurons start from (and that `smooth` keeps for good): swish (SiLU), mish,
+    gelu, softplus or elu."""
     gsc_mode: str = "learned"
     """Ghost skips: 'learned' (1x1 conv + BN per site, starting as a no-op) or 'free' (identity/pooling/
     padding, no parameters). docs/recipe.md: why learned is the default."""
@@ -62,4 +65,6 @@ PART_SETTINGS: dict[str, tuple[str, ...]] = {
     "gsc": ("gsc_", "ghost_"),
     "lrsi": ("gradinit_",),
     "ls": ("ls_",),
+    "smooth": ("gsn_",),  # the official variant's permanent activation is gsn_soft
+    "dense-skips": (),
 }

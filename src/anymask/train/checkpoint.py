@@ -23,8 +23,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """The model's state dict as safetensors (loads into the plain registry model)."""
+def save_weights(model: nn.Module, path: Path, architecture: str | None = None) -> None:
+    """The model's state dict as safetensors (loads into the plain registry model unless `architecture`
+    says how the recipe changed it; the text goes into the file's metadata)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "anymask-model", **({"architecture": architecture} if architecture else {})}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "anymask-model"})
+        save_file(tensors, str(tmp), metadata=metadata)

@@ -2,7 +2,8 @@
 
 A run folder holds `config.json` (the resolved config), `mask.safetensors`, `metrics.jsonl` (one line per
 epoch), `checkpoint.pt` while the run is unfinished, and at the end `model.safetensors` (the plain
-architecture: ghost parts removed) and `summary.json`, which marks the run as finished.
+architecture: ghost parts removed; not so for `tost-official`, as its summary says) and `summary.json`,
+which marks the run as finished.
 """
 
 from __future__ import annotations
@@ -263,13 +264,14 @@ class _Run:
     def execute(self) -> RunResult:
         torch.manual_seed(self.config.train.seed)
         model = self.new_model()
+        recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
+        recipe.check(model)  # a part that cannot apply fails before the mask and the run folder exist
         mask, start_step = self.build_mask(model)
         if self.world.is_main and not self.resuming:
             self.write_config(start_step)
             mask.save(self.out_dir / MASK)
         barrier(self.world)
         mask.apply(model)
-        recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
         start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
         recipe.prepare(
             RecipeContext(
@@ -349,9 +351,11 @@ class _Run:
         return record
 
     def finish(self, trainer: Trainer, mask: Mask, history: list[dict[str, Any]]) -> RunResult:
-        summary = summarize(self.config, mask, history, trainer.model)
+        # Permanent parts (tost-official) leave a model that is not the plain architecture: say so.
+        architecture = trainer.recipe.architecture()
+        summary = {**summarize(self.config, mask, history, trainer.model), **architecture}
         if self.world.is_main:
-            save_weights(trainer.model, self.out_dir / MODEL)
+            save_weights(trainer.model, self.out_dir / MODEL, architecture.get("architecture"))
             atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
             (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
         barrier(self.world)
