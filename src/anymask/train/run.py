@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from anymask.config import RunConfig, load_run_config, save_config
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
+from anymask.extensions import ExtensionContext, create_extensions, validate_extensions
 from anymask.io import atomic_write_text
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.models import MODELS, create_model
@@ -76,6 +77,7 @@ def validate(config: RunConfig) -> None:
             raise AnymaskError(f"invalid {key}: {config.get(key)!r}; see `anymask train --help`")
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
+    validate_extensions(config)  # e.g. dynamic sparse training's settings (anymask.dst)
 
 
 def folder_state(out_dir: Path) -> str:
@@ -287,7 +289,11 @@ class _Run:
         trainer = Trainer(
             model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
         )
+        trainer.extensions = self.extensions(trainer, model, mask)
         history: list[dict[str, Any]] = []
+        if not self.resuming:
+            for extension in trainer.extensions:
+                extension.start()
         if self.resuming:
             trainer.load_state_dict(self.checkpoint["trainer"])
             history = self.checkpoint["history"]
@@ -295,6 +301,21 @@ class _Run:
         self.train(trainer, history, start_step, mask)
         recipe.remove_ghosts()
         return self.finish(trainer, mask, history)
+
+    def extensions(self, trainer: Trainer, model: nn.Module, mask: Mask) -> list:
+        """The trainer extensions this run's config asks for (anymask.extensions)."""
+        context = ExtensionContext(
+            self.config,
+            model,
+            mask,
+            trainer.optimizer,
+            trainer.enforcer,
+            trainer.total_steps,
+            trainer.steps_per_epoch,
+            self.out_dir if self.world.is_main else None,
+            self.resuming,
+        )
+        return create_extensions(context)
 
     def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
         c = self.config.train
@@ -346,10 +367,15 @@ class _Run:
         if len(d.val_y):
             record["val_acc"], record["val_loss"] = val_acc, val_loss
         record.update(trainer.recipe.metrics())
+        for extension in trainer.extensions:
+            record.update(extension.epoch_metrics(epoch))
         return record
 
     def finish(self, trainer: Trainer, mask: Mask, history: list[dict[str, Any]]) -> RunResult:
         summary = summarize(self.config, mask, history, trainer.model)
+        for extension in trainer.extensions:
+            summary.update(extension.summary())
+            extension.finish()
         if self.world.is_main:
             save_weights(trainer.model, self.out_dir / MODEL)
             atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
