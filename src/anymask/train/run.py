@@ -2,7 +2,9 @@
 
 A run folder holds `config.json` (the resolved config), `mask.safetensors`, `metrics.jsonl` (one line per
 epoch), `checkpoint.pt` while the run is unfinished, and at the end `model.safetensors` (the plain
-architecture: ghost parts removed) and `summary.json`, which marks the run as finished.
+architecture: ghost parts removed) and `summary.json`, which marks the run as finished. Trainer
+extensions may add files (dynamic sparse training: `mask_start.safetensors`, and the final mask written
+over `mask.safetensors` at the end).
 """
 
 from __future__ import annotations
