@@ -383,6 +383,34 @@ def test_dst_combines_with_every_recipe_part(tmp_path: Path) -> None:
     assert all(torch.all(model.get_parameter(n)[~m] == 0) for n, m in final.items())
 
 
+def test_the_command_line_trains_with_dst_and_refuses_an_unknown_rule(tmp_path: Path) -> None:
+    from cli_helpers import quick_train
+
+    flags = ("--mask-method", "erk", "--sparsity", "0.9", "--dst-interval", "1", "--batch-size", "16")
+    result = quick_train(tmp_path / "run", *flags, "--dst", "rigl")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["dst_updates"] == 2  # steps 1, 2 of 4
+    assert (tmp_path / "run" / "mask_start.safetensors").is_file()
+    wrong = quick_train(tmp_path / "wrong", *flags, "--dst", "rigL")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "anymask: error: unknown --dst 'rigL'; choose one of: none, rigl, set"
+    ]
+
+
+def test_the_checkpoint_state_loads_with_weights_only(tmp_path: Path) -> None:
+    """Checkpoints may be read with torch.load(weights_only=True): the DST state is tensors and plain data."""
+    model = linear_stack([(4, 4)])
+    mask = Mask({"0.weight": torch.rand(4, 4) < 0.5})
+    dst, _ = updater(model, mask, "set")
+    dst.update(1)
+    torch.save(dst.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh, _ = updater(linear_stack([(4, 4)]), Mask({"0.weight": torch.ones(4, 4, dtype=torch.bool)}), "set")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.mask["0.weight"], mask["0.weight"]) and fresh.updates == dst.updates
+    assert torch.equal(fresh.generator.get_state(), dst.generator.get_state())
+
+
 # -- two DDP ranks ------------------------------------------------------------------------------------
 DDP_FLAGS = {**QUICK, "train_subset": 512, "batch_size": 128, "epochs": 2, "device": "cpu", "dst": "rigl"}
 DDP_FLAGS["dst_interval"] = 2  # steps 2, 4, 6 of 8
