@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from anymask.config import RunConfig, load_run_config, save_config
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
-from anymask.extensions import ExtensionContext, create_extensions, validate_extensions
+from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
 from anymask.io import atomic_write_text
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.models import MODELS, create_model
@@ -293,18 +293,18 @@ class _Run:
         )
         trainer.extensions = self.extensions(trainer, model, mask)
         history: list[dict[str, Any]] = []
-        if not self.resuming:
-            for extension in trainer.extensions:
-                extension.start()
         if self.resuming:
             trainer.load_state_dict(self.checkpoint["trainer"])
             history = self.checkpoint["history"]
             start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
+        else:
+            for extension in trainer.extensions:
+                extension.start()
         self.train(trainer, history, start_step, mask)
         recipe.remove_ghosts()
         return self.finish(trainer, mask, history)
 
-    def extensions(self, trainer: Trainer, model: nn.Module, mask: Mask) -> list:
+    def extensions(self, trainer: Trainer, model: nn.Module, mask: Mask) -> list[TrainerExtension]:
         """The trainer extensions this run's config asks for (anymask.extensions)."""
         context = ExtensionContext(
             self.config,
