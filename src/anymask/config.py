@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anymask.dst.config import DstConfig
 from anymask.errors import AnymaskError
 from anymask.masks.config import MaskConfig
 from anymask.recipe.config import RecipeConfig
@@ -96,6 +97,7 @@ SECTIONS: dict[str, type] = {
     "mask": MaskConfig,
     "recipe": RecipeConfig,
     "train": TrainConfig,
+    "dst": DstConfig,
 }
 
 # Settings that change how a run is displayed or scheduled, never its numbers: left out of the hash.
@@ -104,7 +106,13 @@ NOT_HASHED = frozenset({"progress", "threads"})
 # Settings added after runs were already made, each with the value that trains as anymask did before the
 # setting existed. At that value a setting is left out of the hash, so adding it renames no run folder
 # and retrains nothing. A new setting belongs here (tests/test_config_hash.py fails until it is).
-ADDED_SETTINGS: dict[str, Any] = {"bn_recalibration_batches": 0}
+ADDED_SETTINGS: dict[str, Any] = {
+    "bn_recalibration_batches": 0,
+    "dst": "none",
+    "dst_interval": 100,
+    "dst_fraction": 0.3,
+    "dst_end": 0.75,
+}
 
 
 @dataclass
@@ -114,6 +122,7 @@ class RunConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dst: DstConfig = field(default_factory=DstConfig)
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, section), key) for key, section in field_sections().items()}
@@ -140,8 +149,9 @@ class RunConfig:
 
     def read_settings(self) -> dict[str, Any]:
         """The flat settings that can change this run's numbers: display settings and the settings of
-        recipe parts or mask methods not in use are left out."""
-        inert = NOT_HASHED | self.mask.inert_settings() | self.recipe.inert_settings()
+        recipe parts, mask methods or dynamic sparse training not in use are left out."""
+        sections = (self.mask, self.recipe, self.dst)
+        inert = NOT_HASHED.union(*(section.inert_settings() for section in sections))
         return {k: v for k, v in self.to_flat().items() if k not in inert}
 
     def hashed_settings(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from anymask.errors import AnymaskError
 from anymask.masks.mask import Mask
 
 
@@ -19,6 +20,7 @@ class MaskEnforcer:
 
     def __init__(self, model: nn.Module, mask: Mask, optimizer: torch.optim.Optimizer | None = None) -> None:
         mask.check_fits(model)
+        self.names = list(mask)
         self.params = [model.get_parameter(name) for name in mask]
         # factors share each weight's layout (channels_last too): _foreach_mul_ stays on its fast path
         pairs = zip(mask, self.params, strict=True)
@@ -43,6 +45,15 @@ class MaskEnforcer:
         if pairs:
             grads, factors = zip(*pairs, strict=True)
             torch._foreach_mul_(list(grads), list(factors))
+
+    @torch.no_grad()
+    def set_mask(self, mask: Mask) -> None:
+        """Enforce `mask` from now on: the same layers, other weights (dynamic sparse training)."""
+        if list(mask) != self.names:
+            raise AnymaskError("set_mask needs a mask over the same layers, in the same order")
+        for factor, name in zip(self.factors, self.names, strict=True):
+            factor.copy_(mask[name])
+        self.zero_weights()
 
     def remove(self) -> None:
         for handle in self._handles:

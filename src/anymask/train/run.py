@@ -3,7 +3,8 @@
 A run folder holds `config.json` (the resolved config), `mask.safetensors`, `metrics.jsonl` (one line per
 epoch), `checkpoint.pt` while the run is unfinished, and at the end `model.safetensors` (the plain
 architecture: ghost parts removed; not so for `tost-official`, as its summary says) and `summary.json`,
-which marks the run as finished.
+which marks the run as finished. Trainer extensions may add files (dynamic sparse training:
+`mask_start.safetensors`, and the final mask written over `mask.safetensors` at the end).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from anymask.config import RunConfig, load_run_config, save_config
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
+from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
 from anymask.io import atomic_write_text
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.models import MODELS, create_model
@@ -77,6 +79,7 @@ def validate(config: RunConfig) -> None:
             raise AnymaskError(f"invalid {key}: {config.get(key)!r}; see `anymask train --help`")
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
+    validate_extensions(config)  # e.g. dynamic sparse training's settings (anymask.dst)
 
 
 def folder_state(out_dir: Path) -> str:
@@ -289,14 +292,33 @@ class _Run:
         trainer = Trainer(
             model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
         )
+        trainer.extensions = self.extensions(trainer, model, mask)
         history: list[dict[str, Any]] = []
         if self.resuming:
             trainer.load_state_dict(self.checkpoint["trainer"])
             history = self.checkpoint["history"]
             start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
+        else:
+            for extension in trainer.extensions:
+                extension.start()
         self.train(trainer, history, start_step, mask)
         recipe.remove_ghosts()
         return self.finish(trainer, mask, history)
+
+    def extensions(self, trainer: Trainer, model: nn.Module, mask: Mask) -> list[TrainerExtension]:
+        """The trainer extensions this run's config asks for (anymask.extensions)."""
+        context = ExtensionContext(
+            self.config,
+            model,
+            mask,
+            trainer.optimizer,
+            trainer.enforcer,
+            trainer.total_steps,
+            trainer.steps_per_epoch,
+            self.out_dir if self.world.is_main else None,
+            self.resuming,
+        )
+        return create_extensions(context)
 
     def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
         c = self.config.train
@@ -348,12 +370,17 @@ class _Run:
         if len(d.val_y):
             record["val_acc"], record["val_loss"] = val_acc, val_loss
         record.update(trainer.recipe.metrics())
+        for extension in trainer.extensions:
+            record.update(extension.epoch_metrics(epoch))
         return record
 
     def finish(self, trainer: Trainer, mask: Mask, history: list[dict[str, Any]]) -> RunResult:
         # Permanent parts (tost-official) leave a model that is not the plain architecture: say so.
         architecture = trainer.recipe.architecture()
         summary = {**summarize(self.config, mask, history, trainer.model), **architecture}
+        for extension in trainer.extensions:
+            summary.update(extension.summary())
+            extension.finish()
         if self.world.is_main:
             save_weights(trainer.model, self.out_dir / MODEL, architecture.get("architecture"))
             atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from anymask.config import RunConfig
 from anymask.data import ImageDataset, iterate_batches, num_batches, shuffled_train_batches
 from anymask.errors import AnymaskError
+from anymask.extensions import TrainerExtension
 from anymask.masks import Mask, MaskEnforcer
 from anymask.recipe import Recipe
 from anymask.train.distributed import World, all_sum, average_gradients, sync_batchnorm
@@ -74,6 +75,7 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.enforcer = MaskEnforcer(model, mask, self.optimizer) if mask is not None else None
         self.network = self._wrap(model)
+        self.extensions: list[TrainerExtension] = []  # see anymask.extensions (the run pipeline fills it)
 
     # -- set-up ------------------------------------------------------------------------------------
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -188,6 +190,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.ghost_parameters(), self.world)
+        for extension in self.extensions:
+            extension.after_backward(step, (images, labels))
         self.optimizer.step()
         return loss, logits
 
@@ -257,11 +261,16 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "recipe": self.recipe.state_dict(),
+            "extensions": {extension.name: extension.state_dict() for extension in self.extensions},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.recipe.load_state_dict(state["recipe"])
+        for extension in self.extensions:  # before re-zeroing: an extension may have changed the mask
+            if extension.name not in state.get("extensions", {}):
+                raise AnymaskError(f"the checkpoint holds no '{extension.name}' state to resume from")
+            extension.load_state_dict(state["extensions"][extension.name])
         if self.enforcer is not None:
             self.enforcer.zero_weights()

@@ -1,0 +1,24 @@
+"""Settings for dynamic sparse training (the `[dst]` section of a run config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DstConfig:
+    dst: str = "none"
+    """Dynamic sparse training: 'none' (the mask stays as it starts), 'set' (drop the smallest weights,
+    regrow at random) or 'rigl' (regrow where the dense gradient is largest). docs/dst.md."""
+    dst_interval: int = 100
+    """DST: optimizer steps between mask updates."""
+    dst_fraction: float = 0.3
+    """DST: fraction of each layer's active weights replaced at the start, decayed to 0 by a cosine."""
+    dst_end: float = 0.75
+    """DST: fraction of training after which the mask is frozen."""
+
+    def inert_settings(self) -> set[str]:
+        """A static run reads none of the dst_ settings: they stay out of its hash."""
+        if self.dst == "none":
+            return {name for name in self.__dataclass_fields__ if name.startswith("dst_")}
+        return set()
