@@ -25,7 +25,10 @@ from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
+from anymask.masks.config import BN_MODES
 from anymask.models import MODELS, create_model
+from anymask.models.init import DEFAULT as DEFAULT_INIT
+from anymask.models.init import INITS
 from anymask.recipe import Recipe, RecipeContext, parse_recipe
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
@@ -56,6 +59,8 @@ def validate(config: RunConfig) -> None:
     check_sparsity(config.mask.sparsity)
     METHODS.get("file" if config.mask.mask_file else config.mask.mask_method)
     MODELS.get(config.model.model)
+    if config.model.init != DEFAULT_INIT:
+        INITS.get(config.model.init)
     DATASETS.get(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
     parse_recipe(config.recipe.recipe)
@@ -76,6 +81,8 @@ def validate(config: RunConfig) -> None:
             raise AnymaskError(f"invalid {key}: {config.get(key)!r}; see `anymask train --help`")
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
+    if config.mask.prune_bn_mode not in BN_MODES:
+        raise AnymaskError(f"unknown prune_bn_mode '{config.mask.prune_bn_mode}'; use 'eval' or 'train'")
 
 
 def folder_state(out_dir: Path) -> str:
@@ -101,9 +108,9 @@ def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
         saved = load_run_config(out_dir / CONFIG)
         if saved.hash() != config.hash():
             changed = [k for k, v in config.to_flat().items() if saved.to_flat()[k] != v]
+            differ = ", ".join(changed[:5]) or "the model's architecture revision"
             raise AnymaskError(
-                f"{out_dir} holds a run with a different config ({', '.join(changed[:5])} differ); "
-                "choose another --out"
+                f"{out_dir} holds a run with a different config ({differ} differ); choose another --out"
             )
     return state
 
@@ -170,7 +177,9 @@ class _Run:
 
     def new_model(self) -> nn.Module:
         c = self.config
-        model = create_model(c.model.model, self.data.num_classes, self.data.input_shape, c.model.width)
+        model = create_model(
+            c.model.model, self.data.num_classes, self.data.input_shape, c.model.width, c.model.init
+        )
         model = model.to(self.device)
         if c.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
