@@ -26,6 +26,7 @@ from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.masks.config import BN_MODES
+from anymask.masks.connectivity import connectivity
 from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
@@ -359,6 +360,7 @@ class _Run:
 
     def finish(self, trainer: Trainer, mask: Mask, history: list[dict[str, Any]]) -> RunResult:
         summary = summarize(self.config, mask, history, trainer.model)
+        summary.update(connectivity_summary(trainer.model, mask, self.data.input_shape))
         if self.world.is_main:
             save_weights(trainer.model, self.out_dir / MODEL)
             atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
@@ -370,6 +372,14 @@ class _Run:
 def nonzero_count(model: nn.Module, mask: Mask) -> int:
     """Nonzero prunable weights: never more than the mask keeps."""
     return sum(int(model.get_parameter(name).count_nonzero()) for name in mask)
+
+
+def connectivity_summary(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Effective density and reachable classes of the run's mask, for summary.json (and `report`)."""
+    try:
+        return connectivity(model, mask, input_shape).summary()
+    except Exception:  # a model that cannot be traced on one image: the summary just lacks these keys
+        return {}
 
 
 def summarize(
