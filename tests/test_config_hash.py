@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,31 @@ def test_an_added_setting_is_hashed_only_away_from_its_old_behaviour(monkeypatch
     assert tost.hash() != before  # (the key really left the hash)
     changed = tost.updated({"ls_alpha": 0.2})
     assert changed.hashed_settings()["ls_alpha"] == 0.2 and changed.hash() != tost.hash()
+
+
+def test_prune_bn_mode_is_hashed_only_for_the_methods_that_read_it(tmp_path: Path) -> None:
+    """SNIP/GraSP runs now score in eval mode (a new folder); other methods keep theirs; a saved SNIP
+    config from before the setting existed reads back as the 'train' mode it was scored in."""
+    for method in ("erk", "synflow", "magnitude", "random"):
+        config = RunConfig.from_flat({**EVIDENCE, "mask_method": method})
+        assert "prune_bn_mode" not in config.read_settings()
+        assert config.hash() == config.updated({"prune_bn_mode": "train"}).hash()
+    snip = RunConfig.from_flat({**EVIDENCE, "mask_method": "snip"})
+    old_snip = snip.updated({"prune_bn_mode": "train"})
+    assert (
+        snip.hashed_settings()["prune_bn_mode"] == "eval"
+        and "prune_bn_mode" not in old_snip.hashed_settings()
+    )
+    saved = old_snip.to_dict()
+    del saved["mask"]["prune_bn_mode"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_run_config(tmp_path / "config.json").mask.prune_bn_mode == "train"
+
+
+def test_vgg16_runs_hash_the_architecture_revision_and_the_init_only_when_not_default() -> None:
+    vgg = RunConfig.from_flat({**EVIDENCE, "model": "vgg16"})
+    assert vgg.hashed_settings()["model_revision"] == config_module.MODEL_REVISIONS["vgg16"]
+    assert "model_revision" not in RunConfig.from_flat(EVIDENCE).hashed_settings()
+    resnet = RunConfig.from_flat(EVIDENCE)
+    assert "init" not in resnet.hashed_settings()
+    assert resnet.updated({"init": "kaiming_fan_in"}).hash() != resnet.hash()

@@ -42,6 +42,7 @@ def test_prune_inspect_compare(tmp_path: Path) -> None:
     shown = anymask("inspect", str(snip), "--model", "cnn", "--data", "digits")
     assert shown.returncode == 0, shown.stderr
     assert "classifier.weight" in shown.stdout and "density plot:" in shown.stdout
+    assert "effective" in shown.stdout.splitlines()[0] and "of 10 classes reachable" in shown.stdout
     assert (tmp_path / "snip_densities.png").stat().st_size > 5_000
 
     compared = anymask("compare", str(snip), str(erk))

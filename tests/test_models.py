@@ -79,7 +79,53 @@ def test_vgg_skips_pools_that_would_empty_the_map() -> None:
             isinstance(m, nn.MaxPool2d) for m in create_model("vgg16", input_shape=shape, width=0.1).modules()
         )
 
-    assert (pools((3, 32, 32)), pools(DIGITS), pools((3, 1, 1))) == (5, 3, 0)
+    assert (pools((3, 32, 32)), pools(DIGITS), pools((3, 1, 1))) == (4, 3, 0)
+
+
+# Synaptic-Flow's lottery_vgg.vgg16_bn for CIFAR: its plan, conv 3x3 padding 1 + BN + ReLU, max-pool 2x2
+# where the plan says 'M', then AvgPool2d(2) and Linear(512, classes).
+SYNFLOW_VGG16_PLAN = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+
+
+def test_vgg16_is_synaptic_flows_vgg16_bn() -> None:
+    net = model("vgg16")
+    leaves = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.MaxPool2d)]
+    plan = ["M" if isinstance(m, nn.MaxPool2d) else m.out_channels for m in leaves]
+    assert plan == SYNFLOW_VGG16_PLAN
+    conv_layers = [m for m in leaves if isinstance(m, nn.Conv2d)]
+    assert all((c.kernel_size, c.padding, c.stride) == ((3, 3), (1, 1), (1, 1)) for c in conv_layers)
+    assert all((p.kernel_size, p.stride) == (2, 2) for p in leaves if isinstance(p, nn.MaxPool2d))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 13
+    assert (net.classifier.in_features, net.classifier.out_features) == (512, 10)
+    with torch.no_grad():  # the map before pooling is 512 x 2 x 2; our pool equals their AvgPool2d(2)
+        x = image()
+        features = net.head(net.body(net.stem(x)))
+        assert features.shape == (2, 512, 2, 2)
+        theirs = net.classifier(nn.AvgPool2d(2)(features).flatten(1))
+        torch.testing.assert_close(net(x), theirs)
+
+
+def test_vgg16_starts_from_synaptic_flows_kaiming_fan_in_init() -> None:
+    """Conv and classifier weights ~ N(0, 2 / fan_in), as nn.init.kaiming_normal_ with its defaults."""
+    net = model("vgg16")
+    for layer in [m for m in net.modules() if isinstance(m, nn.Conv2d)] + [net.classifier]:
+        fan_in = layer.weight[0].numel()
+        assert abs(layer.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.15
+    assert not net.classifier.bias.any()
+
+
+def test_init_option_reinitialises_and_default_keeps_the_model_default() -> None:
+    torch.manual_seed(0)
+    default = create_model("resnet20", init="default")
+    torch.manual_seed(0)
+    same = create_model("resnet20", init="kaiming_fan_out")  # resnet20's own default: not drawn twice
+    torch.manual_seed(0)
+    fan_in = create_model("resnet20", init="kaiming_fan_in")
+    assert all(torch.equal(a, b) for a, b in zip(default.parameters(), same.parameters(), strict=True))
+    fc = fan_in.classifier.weight
+    assert abs(fc.std().item() / (2 / fc.shape[1]) ** 0.5 - 1) < 0.15 and not fan_in.classifier.bias.any()
+    with pytest.raises(AnymaskError, match="unknown init 'xavier'"):
+        create_model("resnet20", init="xavier")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -294,6 +294,29 @@ def test_a_collapsed_mask_is_marked_and_named(tmp_path: Path) -> None:
     assert rows["synflow"]["collapsed_layers"] == ""
 
 
+def test_a_disconnected_mask_is_marked_apart_from_collapse(tmp_path: Path) -> None:
+    """A run whose summary says its mask left a class unreachable gets a section mark (§) and a note."""
+    for mask, final, cut in (("snip", 0.1, True), ("synflow", 0.57, False)):
+        folder = make_run(tmp_path / "runs", mask, 0.99, "default", 0, final, final)
+        summary = json.loads((folder / "summary.json").read_text())
+        reachable, effective = (0, 0.0) if cut else (10, 0.009)
+        summary.update(
+            mask_effective_kept=int(effective * 100),
+            mask_effective_density=effective,
+            mask_classes_reachable=reachable,
+            mask_disconnected=cut,
+        )
+        (folder / "summary.json").write_text(json.dumps(summary))
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert table_cells(markdown)[2:] == [
+        ["snip", "99%", "10.00 (1) §", "10.00 (1)"],
+        ["synflow", "99%", "57.00 (1)", "57.00 (1)"],
+    ]
+    assert "- snip at 99% (default): effective density 0.00e+00, 0 classes reachable" in markdown
+    assert "§ Disconnected" in markdown
+
+
 def test_markdown_table_pads_columns() -> None:
     assert markdown_table(["a", "long"], [["xyz", "1"]]).splitlines() == [
         "| a   | long |",

@@ -61,6 +61,9 @@ def test_run_folder_holds_everything(tmp_path: Path) -> None:
     assert all(torch.all(model.get_parameter(n)[~k] == 0) for n, k in mask.items())
     assert result.summary["mask_kept"] == mask.kept()
     assert json.loads((folder / "config.json").read_text())["mask"]["sparsity"] == 0.9
+    # the mask's effective sparsity, for `report` (a random 90% mask of the cnn stays connected)
+    assert result.summary["mask_classes_reachable"] == 10 and result.summary["mask_disconnected"] is False
+    assert 0 < result.summary["mask_effective_kept"] <= mask.kept()
 
 
 def test_same_seed_reproduces_a_cpu_run(tmp_path: Path) -> None:

@@ -30,6 +30,9 @@ class ModelConfig:
     """Architecture from the model registry (resnet20, resnet18, vgg16, mobilenetv2, cnn, ...)."""
     width: float = 1.0
     """Channel width multiplier."""
+    init: str = "default"
+    """Weight initialisation: 'default' (the model's own: kaiming_fan_in for vgg16, as Synaptic-Flow;
+    kaiming_fan_out for the others), 'kaiming_fan_out' or 'kaiming_fan_in'."""
 
 
 @dataclass
@@ -112,7 +115,14 @@ ADDED_SETTINGS: dict[str, Any] = {
     "dst_interval": 100,
     "dst_fraction": 0.3,
     "dst_end": 0.75,
+    "prune_bn_mode": "train",
+    "init": "default",
 }
+
+# Architectures changed after runs were made, with their current revision. A run of such a model hashes
+# the revision too, so a folder trained on the old architecture is never resumed or reported as the new
+# one (vgg16 2: Synaptic-Flow's VGG16-bn, four max-pools and its init, since issue 11).
+MODEL_REVISIONS: dict[str, int] = {"vgg16": 2}
 
 
 @dataclass
@@ -155,12 +165,16 @@ class RunConfig:
         return {k: v for k, v in self.to_flat().items() if k not in inert}
 
     def hashed_settings(self) -> dict[str, Any]:
-        """`read_settings()` less the added settings at the value that trains as before they existed."""
-        return {
+        """`read_settings()` less the added settings at the value that trains as before they existed,
+        plus the model's architecture revision where it has one."""
+        settings = {
             k: v
             for k, v in self.read_settings().items()
             if not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])
         }
+        if self.model.model in MODEL_REVISIONS:
+            settings["model_revision"] = MODEL_REVISIONS[self.model.model]
+        return settings
 
     def hash(self) -> str:
         """Short stable hash of `hashed_settings()`: two configs that train the same share a folder."""
@@ -304,6 +318,8 @@ def save_config(config: RunConfig, path: Path) -> None:
 
 
 def load_run_config(path: Path) -> RunConfig:
+    """A saved config; a setting it predates takes the value it trained with (`ADDED_SETTINGS`), which
+    is not always today's default (prune_bn_mode: saved runs scored in 'train', the default is 'eval')."""
     data = json.loads(Path(path).read_text())
     flat = {k: v for section in data.values() for k, v in section.items()}
-    return RunConfig.from_flat(flat)
+    return RunConfig.from_flat({**ADDED_SETTINGS, **flat})

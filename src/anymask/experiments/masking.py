@@ -13,6 +13,7 @@ from anymask.config import RunConfig
 from anymask.errors import AnymaskError
 from anymask.masks import Mask
 from anymask.masks.analysis import compare, inspect_rows
+from anymask.masks.connectivity import connectivity
 
 # Input shape and classes of each dataset, so `inspect --model` needs no data on disk.
 DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -97,7 +98,10 @@ def inspect_mask(
     mask = Mask.load(path)
     model = registry_model(model_name, data, width) if model_name else None
     rows = inspect_rows(mask, model)
-    headers = ["layer", "shape", "kept", "total", "density", "collapse", "gap", "weighted gap"]
+    # Effective density needs the model's wiring: without --model the column shows "-".
+    links = connectivity(model, mask, DATASET_SHAPES[data][0]) if model is not None else None
+    effective = {layer.name: layer.effective_density for layer in links.layers} if links else {}
+    headers = ["layer", "shape", "kept", "total", "density", "effective", "collapse", "gap", "weighted gap"]
     table = [
         (
             r.name,
@@ -105,6 +109,7 @@ def inspect_mask(
             r.kept,
             r.total,
             r.density,
+            effective.get(r.name),
             "COLLAPSED" if r.collapsed else "",
             r.gap,
             r.weighted_gap,
@@ -116,6 +121,12 @@ def inspect_mask(
         f"\nall layers: {mask.kept():,} of {mask.total():,} kept, density {mask.density():.4f}, "
         f"sparsity {mask.sparsity():.4f}; {len(mask.collapsed_layers())} collapsed layer(s)"
     )
+    if links is not None:
+        print(
+            f"effective: {links.effective:,} of the kept weights lie on an input-output path, density "
+            f"{links.effective_density:.4f}; {links.classes_reachable} of {links.num_classes} classes "
+            "reachable" + ("  DISCONNECTED" if links.disconnected else "")
+        )
     notes = sorted({r.note for r in rows if r.note})
     for note in notes:
         print(f"note: {note}")

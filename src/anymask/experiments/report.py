@@ -127,10 +127,16 @@ class Group:
         )
         return next(changed, "")
 
+    @property
+    def disconnected(self) -> bool:
+        """Some run's mask leaves a class unreachable or most kept weights on no input-output path."""
+        return any(run.summary.get("mask_disconnected") for run in self.runs)
+
     def final_cell(self) -> str:
-        """Final test accuracy, marked with a dagger when the mask collapsed a layer and a double dagger
-        when the trained model is not the plain architecture."""
-        marks = (" †" if self.collapsed_layers else "") + (" ‡" if self.changed_architecture else "")
+        """Final test accuracy, marked † when the mask collapsed a layer, § when it disconnects the network
+        otherwise, and ‡ when the trained model is not the plain architecture."""
+        mask_mark = " †" if self.collapsed_layers else " §" if self.disconnected else ""
+        marks = mask_mark + (" ‡" if self.changed_architecture else "")
         return percent_cell(self.values("final_test_acc")) + marks
 
     def differences(self, baseline: Group, key: str) -> list[float]:
@@ -373,15 +379,26 @@ def pooled_gains_markdown(table: Table) -> str:
 
 
 def collapse_note(table: Table) -> str:
-    """One line per group whose mask empties a layer: the accuracy there says more about the mask."""
+    """One line per group whose mask empties a layer or disconnects the network: the accuracy there says
+    more about the mask."""
     lines = [
         f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}): {', '.join(g.collapsed_layers)}"
         for g in table.groups
         if g.collapsed_layers
     ]
-    if not lines:
-        return ""
-    return "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
+    cut = [
+        f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}): effective density "
+        f"{statistics.fmean(g.values('mask_effective_density')):.2e}, "
+        f"{min(g.values('mask_classes_reachable'))} classes reachable"
+        for g in table.groups
+        if g.disconnected and not g.collapsed_layers
+    ]
+    note = "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
+    cut_note = (
+        "\n§ Disconnected: no layer is empty, but a class is unreachable from the input or most kept weights "
+        "lie on no input-output path:\n\n" + "\n".join(cut) + "\n"
+    )
+    return (note if lines else "") + (cut_note if cut else "")
 
 
 def architecture_note(table: Table) -> str:

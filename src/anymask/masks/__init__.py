@@ -3,6 +3,7 @@
 from anymask.masks.allocate import keep_count, mask_from_counts, mask_from_densities, mask_from_scores, top_k
 from anymask.masks.analysis import compare, inspect_rows, ramanujan_gap, weighted_ramanujan_gap
 from anymask.masks.config import MaskConfig
+from anymask.masks.connectivity import Connectivity, LayerConnectivity, connectivity
 from anymask.masks.enforce import MaskEnforcer, enforce
 from anymask.masks.mask import LayerDensity, Mask
 from anymask.masks.methods import METHODS, PruneContext, check_sparsity, collapse_message, make_mask
@@ -10,6 +11,8 @@ from anymask.masks.prunable import prunable_from_config, prunable_parameters
 
 __all__ = [
     "METHODS",
+    "Connectivity",
+    "LayerConnectivity",
     "LayerDensity",
     "Mask",
     "MaskConfig",
@@ -18,6 +21,7 @@ __all__ = [
     "check_sparsity",
     "collapse_message",
     "compare",
+    "connectivity",
     "enforce",
     "inspect_rows",
     "keep_count",

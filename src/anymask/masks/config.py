@@ -27,6 +27,9 @@ class MaskConfig:
     """Images per class fed to data-dependent scorers (SNIP, GraSP): 10 x classes as Synaptic-Flow."""
     prune_balanced: bool = True
     """Draw the prune images class-balanced rather than as the first images of a shuffle."""
+    prune_bn_mode: str = "eval"
+    """BatchNorm mode while SNIP and GraSP score: 'eval' (running statistics, as Synaptic-Flow scores)
+    or 'train' (batch statistics, as anymask scored before this setting existed)."""
     synflow_iterations: int = 100
     """SynFlow pruning iterations (exponential schedule d^((k+1)/n))."""
     float64: bool = False
@@ -38,7 +41,8 @@ class MaskConfig:
     lth_epochs: int | None = None
     """Lottery ticket: training epochs per pruning round (default: the run's epochs)."""
     strict: bool = False
-    """Fail, instead of warn, when a layer is left with no weights (layer collapse)."""
+    """Fail, instead of warn, when a layer is left with no weights (layer collapse) or the mask disconnects
+    the network (a class unreachable from the input, or most kept weights on no input-output path)."""
     mask_seed: int | None = None
     """Seed for random masks and prune batches (default: the run's seed)."""
 
@@ -49,10 +53,13 @@ class MaskConfig:
         return owned - set(METHOD_SETTINGS.get(method, ()))
 
 
+BN_MODES = ("eval", "train")
+"""Values of `prune_bn_mode`."""
+
 # Settings read by one or a few mask methods only.
 METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
-    "snip": ("prune_samples_per_class", "prune_balanced"),
-    "grasp": ("prune_samples_per_class", "prune_balanced"),
+    "snip": ("prune_samples_per_class", "prune_balanced", "prune_bn_mode"),
+    "grasp": ("prune_samples_per_class", "prune_balanced", "prune_bn_mode"),
     "synflow": ("synflow_iterations", "float64"),
     "lth": ("lth_rate", "lth_rewind", "lth_epochs"),
 }

@@ -19,6 +19,7 @@ from torch import nn
 from anymask.errors import AnymaskError
 from anymask.masks.allocate import check_scope
 from anymask.masks.config import MaskConfig
+from anymask.masks.connectivity import connectivity
 from anymask.masks.mask import Mask
 from anymask.masks.prunable import prunable_from_config
 from anymask.registry import Registry
@@ -82,6 +83,36 @@ def report_collapse(mask: Mask, strict: bool) -> None:
     warnings.warn(message, stacklevel=2)
 
 
+def report_connectivity(
+    model: nn.Module, mask: Mask, input_shape: tuple[int, ...] | None, strict: bool
+) -> None:
+    """Warn (or fail under `strict`) when the mask leaves a class unreachable or most kept weights on no
+    input-output path; a model that cannot be run on one image is skipped with a warning."""
+    if input_shape is None or mask.kept() == mask.total():
+        return
+    try:
+        message = connectivity(model, mask, input_shape).message()
+    except Exception as error:  # a user's model may not run on a plain image: say so, do not fail
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        warnings.warn(
+            f"effective sparsity not checked: the model did not run on one image ({reason})", stacklevel=3
+        )
+        return
+    if message is None:
+        return
+    if strict:
+        raise AnymaskError(message)
+    warnings.warn(message, stacklevel=3)
+
+
+def known_input_shape(data: Any, extras: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The (C, H, W) of one input, from extras["input_shape"] or the dataset, if either is given."""
+    if "input_shape" in extras:
+        return tuple(extras["input_shape"])
+    shape = getattr(data, "input_shape", None)
+    return None if shape is None else tuple(shape)
+
+
 def make_mask(
     model: nn.Module,
     config: MaskConfig,
@@ -97,7 +128,9 @@ def make_mask(
 
     The model's weights, buffers, train/eval mode, requires_grad flags and gradients are left as they
     were, except for `lth`: it loads the rewind-point weights, from which the run trains the ticket.
-    `extras` passes method-specific facts from the trainer (lth reads "steps_per_epoch").
+    `extras` passes method-specific facts from the trainer (lth reads "steps_per_epoch"). Layer
+    collapse, and with an input shape (from `data` or extras["input_shape"]) a mask that disconnects
+    the network (`anymask.masks.connectivity`), warn, or fail when `config.strict`.
     """
     import anymask.masks.catalog  # noqa: F401  (registers every method)
 
@@ -113,4 +146,6 @@ def make_mask(
     mask = method(context)
     mask.check_fits(model)
     report_collapse(mask, config.strict)
+    if not mask.collapsed_layers():  # a collapsed layer was just reported: no second warning
+        report_connectivity(model, mask, known_input_shape(data, context.extras), config.strict)
     return mask

@@ -23,6 +23,7 @@ from torch import nn
 from anymask.data import iterate_batches
 from anymask.errors import AnymaskError
 from anymask.masks.allocate import mask_from_scores
+from anymask.masks.config import BN_MODES
 from anymask.masks.mask import Mask
 from anymask.masks.methods import METHODS, PruneContext
 
@@ -55,6 +56,14 @@ def scoring_copy(
             param.grad = None
             param.requires_grad_(id(param) in prunable)
         yield model, params
+
+
+def bn_training(context: PruneContext) -> bool:
+    """Whether a data-dependent scorer runs BatchNorm on batch statistics (`prune_bn_mode`)."""
+    mode = context.config.prune_bn_mode
+    if mode not in BN_MODES:
+        raise AnymaskError(f"unknown prune_bn_mode '{mode}'; use one of: {', '.join(BN_MODES)}")
+    return mode == "train"
 
 
 def rank(context: PruneContext, scores: Mapping[str, torch.Tensor]) -> Mask:
@@ -201,17 +210,17 @@ def magnitude(context: PruneContext) -> Mask:
 
 @METHODS.register("snip")
 def snip(context: PruneContext) -> Mask:
-    """SNIP (Lee et al. 2019), scored in train mode (batch statistics, as training will see them)."""
+    """SNIP (Lee et al. 2019), BatchNorm in the `prune_bn_mode` mode (eval by default, as Synaptic-Flow)."""
     batches = prune_batches(context, "snip")
-    with scoring_copy(context, training=True) as (model, params):
+    with scoring_copy(context, training=bn_training(context)) as (model, params):
         return rank(context, snip_scores(model, params, batches))
 
 
 @METHODS.register("grasp")
 def grasp(context: PruneContext) -> Mask:
-    """GraSP (Wang et al. 2020), scored in train mode like SNIP."""
+    """GraSP (Wang et al. 2020), BatchNorm in the `prune_bn_mode` mode like SNIP."""
     batches = prune_batches(context, "grasp")
-    with scoring_copy(context, training=True) as (model, params):
+    with scoring_copy(context, training=bn_training(context)) as (model, params):
         return rank(context, grasp_scores(model, params, batches))
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from anymask.errors import AnymaskError
+from anymask.models.init import DEFAULT, INITS
 from anymask.registry import Registry
 
 Builder = Callable[[int, tuple[int, int, int], float], nn.Module]
@@ -87,8 +88,11 @@ class Network(nn.Module):
 
     Pooling adaptively to 1x1 lets one model serve any input size. Ghost-skip sites are read from the
     ``GHOST_PAIRS`` that blocks inside ``body`` declare, so the stem and the head are never sites and
-    blocks choose which of their convs qualify (projection shortcuts do not).
+    blocks choose which of their convs qualify (projection shortcuts do not). Weights start from the
+    class's ``default_init`` (a name in ``anymask.models.init.INITS``).
     """
+
+    default_init: ClassVar[str] = "kaiming_fan_out"
 
     def __init__(
         self, stem: nn.Module, body: nn.Module, features: int, num_classes: int, head: nn.Module | None = None
@@ -99,7 +103,7 @@ class Network(nn.Module):
         self.head = head if head is not None else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(features, num_classes)
-        init_weights(self)
+        INITS.get(self.default_init)(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.body(self.stem(x)))
@@ -114,26 +118,24 @@ class Network(nn.Module):
         ]
 
 
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out, ReLU) convs and unit BatchNorms, as ResNet training recipes assume.
-
-    Linear layers keep PyTorch's default init. Everything draws from the global RNG, so a fixed
-    ``torch.manual_seed`` gives identical weights.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
 def create_model(
-    name: str, num_classes: int = 10, input_shape: tuple[int, int, int] = (3, 32, 32), width: float = 1.0
+    name: str,
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    width: float = 1.0,
+    init: str = DEFAULT,
 ) -> nn.Module:
-    """Build a registered model; ``width`` multiplies every hidden channel count."""
+    """Build a registered model; ``width`` multiplies every hidden channel count.
+
+    ``init`` names an initialiser of ``INITS``; "default" (or the model's own default) keeps the weights
+    the model was built with, any other re-initialises them after building.
+    """
     builder = MODELS.get(name)
-    return builder(*_checked(num_classes, input_shape, width))
+    initialise = None if init == DEFAULT else INITS.get(init)
+    model = builder(*_checked(num_classes, input_shape, width))
+    if initialise is not None and init != getattr(model, "default_init", None):
+        initialise(model)
+    return model
 
 
 def _is_integer(value: object) -> bool:

@@ -28,7 +28,11 @@ from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
 from anymask.io import atomic_write_text
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
+from anymask.masks.config import BN_MODES
+from anymask.masks.connectivity import connectivity
 from anymask.models import MODELS, create_model
+from anymask.models.init import DEFAULT as DEFAULT_INIT
+from anymask.models.init import INITS
 from anymask.recipe import Recipe, RecipeContext, parse_recipe
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
@@ -59,6 +63,8 @@ def validate(config: RunConfig) -> None:
     check_sparsity(config.mask.sparsity)
     METHODS.get("file" if config.mask.mask_file else config.mask.mask_method)
     MODELS.get(config.model.model)
+    if config.model.init != DEFAULT_INIT:
+        INITS.get(config.model.init)
     DATASETS.get(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
     parse_recipe(config.recipe.recipe)
@@ -79,6 +85,8 @@ def validate(config: RunConfig) -> None:
             raise AnymaskError(f"invalid {key}: {config.get(key)!r}; see `anymask train --help`")
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
+    if config.mask.prune_bn_mode not in BN_MODES:
+        raise AnymaskError(f"unknown prune_bn_mode '{config.mask.prune_bn_mode}'; use 'eval' or 'train'")
     validate_extensions(config)  # e.g. dynamic sparse training's settings (anymask.dst)
 
 
@@ -105,9 +113,9 @@ def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
         saved = load_run_config(out_dir / CONFIG)
         if saved.hash() != config.hash():
             changed = [k for k, v in config.to_flat().items() if saved.to_flat()[k] != v]
+            differ = ", ".join(changed[:5]) or "the model's architecture revision"
             raise AnymaskError(
-                f"{out_dir} holds a run with a different config ({', '.join(changed[:5])} differ); "
-                "choose another --out"
+                f"{out_dir} holds a run with a different config ({differ} differ); choose another --out"
             )
     return state
 
@@ -174,7 +182,9 @@ class _Run:
 
     def new_model(self) -> nn.Module:
         c = self.config
-        model = create_model(c.model.model, self.data.num_classes, self.data.input_shape, c.model.width)
+        model = create_model(
+            c.model.model, self.data.num_classes, self.data.input_shape, c.model.width, c.model.init
+        )
         model = model.to(self.device)
         if c.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -378,6 +388,7 @@ class _Run:
         # Permanent parts (tost-official) leave a model that is not the plain architecture: say so.
         architecture = trainer.recipe.architecture()
         summary = {**summarize(self.config, mask, history, trainer.model), **architecture}
+        summary.update(connectivity_summary(trainer.model, mask, self.data.input_shape))
         for extension in trainer.extensions:
             summary.update(extension.summary())
             extension.finish()
@@ -392,6 +403,14 @@ class _Run:
 def nonzero_count(model: nn.Module, mask: Mask) -> int:
     """Nonzero prunable weights: never more than the mask keeps."""
     return sum(int(model.get_parameter(name).count_nonzero()) for name in mask)
+
+
+def connectivity_summary(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Effective density and reachable classes of the run's mask, for summary.json (and `report`)."""
+    try:
+        return connectivity(model, mask, input_shape).summary()
+    except Exception:  # a model that cannot be traced on one image: the summary just lacks these keys
+        return {}
 
 
 def summarize(
