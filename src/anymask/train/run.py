@@ -263,27 +263,17 @@ class _Run:
     def execute(self) -> RunResult:
         torch.manual_seed(self.config.train.seed)
         model = self.new_model()
+        recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
+        # A recipe part the model cannot take (gsn on a ViT) fails here, before any file is written.
+        recipe.check_fits(self.recipe_context(model, None, self.checkpoint["epoch"] if self.resuming else 0))
         mask, start_step = self.build_mask(model)
         if self.world.is_main and not self.resuming:
             self.write_config(start_step)
             mask.save(self.out_dir / MASK)
         barrier(self.world)
         mask.apply(model)
-        recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
         start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
-        recipe.prepare(
-            RecipeContext(
-                model,
-                mask,
-                self.data,
-                self.config,
-                self.device,
-                self.resuming,
-                start_epoch,
-                self.config.train.channels_last,
-                self.out_dir if self.world.is_main else None,
-            )
-        )
+        recipe.prepare(self.recipe_context(model, mask, start_epoch))
         trainer = Trainer(
             model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
         )
@@ -295,6 +285,19 @@ class _Run:
         self.train(trainer, history, start_step, mask)
         recipe.remove_ghosts()
         return self.finish(trainer, mask, history)
+
+    def recipe_context(self, model: nn.Module, mask: Mask | None, start_epoch: float) -> RecipeContext:
+        return RecipeContext(
+            model,
+            mask,
+            self.data,
+            self.config,
+            self.device,
+            self.resuming,
+            start_epoch,
+            self.config.train.channels_last,
+            self.out_dir if self.world.is_main else None,
+        )
 
     def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
         c = self.config.train
