@@ -14,6 +14,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from anymask.config import RunConfig, field_help
@@ -24,7 +26,7 @@ from anymask.models import create_model
 from anymask.recipe import PRESETS, RECIPE_PARTS, Recipe, RecipeContext, parse_recipe
 from anymask.recipe.base import check_choice
 from anymask.recipe.config import RecipeConfig
-from anymask.recipe.ghost_neurons import SOFT, GhostSoftNeuron
+from anymask.recipe.ghost_neurons import SOFT, GhostSoftNeuron, computes_relu
 from anymask.recipe.ghost_skips import free_shortcut, unit_rms
 from anymask.recipe.gradinit import SCALES_FILE
 from anymask.recipe.label_smoothing import smoothed_cross_entropy, smoothed_targets
@@ -148,6 +150,28 @@ def test_check_choice_returns_the_value() -> None:
 
 
 # -- ghost soft neurons -----------------------------------------------------------------------------
+class LibraryReLU(nn.Module):
+    """A library's own ReLU class, not an nn.ReLU: found by what it computes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp_min(0)
+
+
+def test_gsn_finds_relu_modules_by_behaviour() -> None:
+    model = nn.Sequential(nn.Linear(2, 4), LibraryReLU(), nn.Linear(4, 4), nn.ReLU6(), nn.Identity())
+    recipe = prepared(model, "gsn")
+    assert [type(m) for m in model] == [nn.Linear, GhostSoftNeuron, nn.Linear, nn.ReLU6, nn.Identity]
+    recipe.remove_ghosts()
+    assert type(model[1]) is LibraryReLU
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.one_of(st.just(0.0), st.floats(1e-6, 1.0), st.floats(-1.0, -1e-6)))
+def test_leaky_relu_counts_as_relu_only_with_slope_zero(slope: float) -> None:
+    """(Slopes so small that slope * x underflows in float32 do compute ReLU there, and would count.)"""
+    assert computes_relu(nn.LeakyReLU(slope)) == (slope == 0)
+
+
 @pytest.mark.parametrize("soft", sorted(SOFT))
 def test_ghost_soft_neuron_blends_soft_into_relu(soft: str) -> None:
     x = torch.linspace(-4, 4, 101)
@@ -205,7 +229,7 @@ def test_gsn_blend_follows_the_ghost_phase_and_is_removed_at_its_end() -> None:
 
 
 def test_gsn_needs_relu_modules() -> None:
-    with pytest.raises(AnymaskError, match=r"no nn\.ReLU"):
+    with pytest.raises(AnymaskError, match=r"gsn needs ReLU activation modules.*its activations: Tanh x1"):
         prepared(nn.Sequential(nn.Linear(2, 2), nn.Tanh()), "gsn")
 
 

@@ -27,7 +27,8 @@ from anymask.recipe.config import RecipeConfig
 @dataclass
 class ModelConfig:
     model: str = "cnn"
-    """Architecture from the model registry (resnet20, resnet18, vgg16, mobilenetv2, cnn, ...)."""
+    """Architecture from the model registry (resnet20, resnet18, vgg16, mobilenetv2, cnn, ...), or your own
+    factory as package.module:function (docs/own-model.md)."""
     width: float = 1.0
     """Channel width multiplier."""
     init: str = "default"

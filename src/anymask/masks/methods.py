@@ -38,6 +38,7 @@ class PruneContext:
     train: Callable[..., Any] | None = None  # lottery ticket: trains a masked model (see masks/lth.py)
     out_dir: Any = None  # where iterative methods log their rounds (Path or None)
     extras: dict[str, Any] = field(default_factory=dict)
+    output_fn: Callable[[Any], torch.Tensor] | None = None  # reads logits from the model's output
 
     @property
     def density(self) -> float:
@@ -123,6 +124,7 @@ def make_mask(
     train: Callable[..., Any] | None = None,
     out_dir: Any = None,
     extras: Mapping[str, Any] | None = None,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> Mask:
     """Build the mask `config` asks for, on `model` at its current weights.
 
@@ -130,7 +132,9 @@ def make_mask(
     were, except for `lth`: it loads the rewind-point weights, from which the run trains the ticket.
     `extras` passes method-specific facts from the trainer (lth reads "steps_per_epoch"). Layer
     collapse, and with an input shape (from `data` or extras["input_shape"]) a mask that disconnects
-    the network (`anymask.masks.connectivity`), warn, or fail when `config.strict`.
+    the network (`anymask.masks.connectivity`), warn, or fail when `config.strict`. The scorers read the
+    model's logits from a tensor, a tuple, a mapping or an object with `logits`; `output_fn` reads them
+    from anything else (see `anymask.models.calling`).
     """
     import anymask.masks.catalog  # noqa: F401  (registers every method)
 
@@ -141,7 +145,16 @@ def make_mask(
     generator = torch.Generator().manual_seed(seed if config.mask_seed is None else config.mask_seed)
     params = prunable_from_config(model, config)
     context = PruneContext(
-        model, params, config, generator, torch.device(device), data, train, out_dir, dict(extras or {})
+        model,
+        params,
+        config,
+        generator,
+        torch.device(device),
+        data,
+        train,
+        out_dir,
+        dict(extras or {}),
+        output_fn=output_fn,
     )
     mask = method(context)
     mask.check_fits(model)

@@ -26,6 +26,7 @@ from anymask.masks.allocate import mask_from_scores
 from anymask.masks.config import BN_MODES
 from anymask.masks.mask import Mask
 from anymask.masks.methods import METHODS, PruneContext
+from anymask.models.calling import ModelCall, OutputFn, twice_differentiable
 
 Scores = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -128,11 +129,17 @@ def magnitude_scores(params: Mapping[str, torch.Tensor]) -> Scores:
     return {name: p.detach().abs() for name, p in params.items()}
 
 
-def snip_scores(model: nn.Module, params: Mapping[str, nn.Parameter], batches: list[Batch]) -> Scores:
+def snip_scores(
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    batches: list[Batch],
+    output_fn: OutputFn | None = None,
+) -> Scores:
     """|dL/dw * w| with the gradient summed over the batches, divided by the sum of all scores (SNIP)."""
+    call = ModelCall.of(model, output_fn)
     total = dict.fromkeys(params, 0.0)
     for x, y in batches:
-        for name, g in gradients(F.cross_entropy(model(x), y), params).items():
+        for name, g in gradients(F.cross_entropy(call(model, x), y), params).items():
             total[name] = total[name] + g
     scores = {name: (total[name] * p).detach().abs() for name, p in params.items()}
     return normalised(scores, sum(s.sum() for s in scores.values()))
@@ -143,6 +150,7 @@ def grasp_scores(
     params: Mapping[str, nn.Parameter],
     batches: list[Batch],
     temperature: float = GRASP_TEMPERATURE,
+    output_fn: OutputFn | None = None,
 ) -> Scores:
     """(H g) * w on logits / T, by a double backward; normalised by |sum|.
 
@@ -151,30 +159,36 @@ def grasp_scores(
     the score is passed unnegated.
     """
 
+    call = ModelCall.of(model, output_fn)
+
     def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x) / temperature, y)
+        return F.cross_entropy(call(model, x) / temperature, y)
 
     g = dict.fromkeys(params, 0.0)
     for x, y in batches:
         for name, grad in gradients(loss(x, y), params).items():
             g[name] = g[name] + grad.detach()
     hg = dict.fromkeys(params, 0.0)
-    for x, y in batches:
-        grads = gradients(loss(x, y), params, create_graph=True)
-        g_dot = sum((grads[name] * g[name]).sum() for name in params)
-        for name, h in gradients(g_dot, params).items():
-            hg[name] = hg[name] + h
+    with twice_differentiable():
+        for x, y in batches:
+            grads = gradients(loss(x, y), params, create_graph=True)
+            g_dot = sum((grads[name] * g[name]).sum() for name in params)
+            for name, h in gradients(g_dot, params).items():
+                hg[name] = hg[name] + h
     scores = {name: (hg[name] * p).detach() for name, p in params.items()}
     return normalised(scores, sum(s.sum() for s in scores.values()))
 
 
 def synflow_scores(
-    model: nn.Module, params: Mapping[str, nn.Parameter], input_shape: tuple[int, ...]
+    model: nn.Module,
+    params: Mapping[str, nn.Parameter],
+    input_shape: tuple[int, ...],
+    output_fn: OutputFn | None = None,
 ) -> Scores:
-    """|dR/dw * w| with R = sum of the output for one all-ones input (model already made non-negative)."""
+    """|dR/dw * w| with R = sum of the logits for one all-ones input (model already made non-negative)."""
     reference = next(iter(params.values()))
     x = torch.ones((1, *input_shape), dtype=reference.dtype, device=reference.device)
-    grads = gradients(model(x).sum(), params)
+    grads = gradients(ModelCall.of(model, output_fn)(model, x).sum(), params)
     return {name: (grads[name] * p).detach().abs_() for name, p in params.items()}
 
 
@@ -213,7 +227,7 @@ def snip(context: PruneContext) -> Mask:
     """SNIP (Lee et al. 2019), BatchNorm in the `prune_bn_mode` mode (eval by default, as Synaptic-Flow)."""
     batches = prune_batches(context, "snip")
     with scoring_copy(context, training=bn_training(context)) as (model, params):
-        return rank(context, snip_scores(model, params, batches))
+        return rank(context, snip_scores(model, params, batches, context.output_fn))
 
 
 @METHODS.register("grasp")
@@ -221,7 +235,7 @@ def grasp(context: PruneContext) -> Mask:
     """GraSP (Wang et al. 2020), BatchNorm in the `prune_bn_mode` mode like SNIP."""
     batches = prune_batches(context, "grasp")
     with scoring_copy(context, training=bn_training(context)) as (model, params):
-        return rank(context, grasp_scores(model, params, batches))
+        return rank(context, grasp_scores(model, params, batches, output_fn=context.output_fn))
 
 
 @METHODS.register("synflow")
@@ -241,7 +255,13 @@ def synflow(context: PruneContext) -> Mask:
         mask = Mask.dense(params)
         for k in range(rounds):
             zero_pruned(params, mask)
-            scores = synflow_scores(model, params, shape)
+            scores = synflow_scores(model, params, shape, context.output_fn)
+            if not all(bool(s.isfinite().all()) for s in scores.values()):
+                raise AnymaskError(
+                    "synflow scores are not finite on this model (the all-ones input overflowed through "
+                    f"its layers{' even in float64' if dtype else ''}); "
+                    + ("use another mask method" if dtype else "pass --float64")
+                )
             density = context.density ** ((k + 1) / rounds)
             mask = mask_from_scores(scores, density, context.config.scope, previous=mask)
     return mask

@@ -12,7 +12,7 @@ import itertools
 import math
 import numbers
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,7 +24,22 @@ from anymask.registry import Registry
 Builder = Callable[[int, tuple[int, int, int], float], nn.Module]
 """``builder(num_classes, input_shape, width)``; input_shape is (channels, height, width)."""
 
-MODELS: Registry[Builder] = Registry("model")
+
+class ModelRegistry(Registry[Builder]):
+    """The zoo's builders by name; a 'package.module:function' name imports the user's factory instead."""
+
+    def get(self, name: str) -> Builder:
+        from anymask.models.factory import import_factory, is_factory_name
+
+        if is_factory_name(name):
+            return import_factory(name)
+        try:
+            return super().get(name)
+        except AnymaskError as error:
+            raise AnymaskError(f"{error}; or your own factory as package.module:function") from None
+
+
+MODELS = ModelRegistry("model")
 
 GhostSite = tuple[str, str]
 """(entry module path, exit module path) as named by ``model.named_modules()``."""
@@ -125,14 +140,20 @@ def create_model(
     width: float = 1.0,
     init: str = DEFAULT,
 ) -> nn.Module:
-    """Build a registered model; ``width`` multiplies every hidden channel count.
+    """Build a registered model, or one from a 'package.module:function' factory (see `models.factory`).
 
-    ``init`` names an initialiser of ``INITS``; "default" (or the model's own default) keeps the weights
-    the model was built with, any other re-initialises them after building.
+    ``width`` multiplies every hidden channel count (a factory decides what it means). ``init`` names an
+    initialiser of ``INITS``; "default" (or the model's own default) keeps the weights the model was
+    built with, any other re-initialises them after building.
     """
+    from anymask.models.factory import build, is_factory_name
+
     builder = MODELS.get(name)
     initialise = None if init == DEFAULT else INITS.get(init)
-    model = builder(*_checked(num_classes, input_shape, width))
+    if is_factory_name(name):
+        model = build(name, builder, *_checked(num_classes, input_shape, width))
+    else:
+        model = builder(*_checked(num_classes, input_shape, width))
     if initialise is not None and init != getattr(model, "default_init", None):
         initialise(model)
     return model
@@ -169,11 +190,19 @@ def _checked(
     return int(num_classes), (channels, height, width_px), float(width)
 
 
-def ghost_skip_sites(model: nn.Module) -> list[GhostSite]:
-    """The model's own ``ghost_skip_sites()``, or discovered ones for models that do not declare them."""
+def ghost_skip_sites(
+    model: nn.Module, input_shape: tuple[int, ...] | None = None, call: Any = None
+) -> list[GhostSite]:
+    """The model's own ``ghost_skip_sites()``; for a model that declares none, the (conv, BN) pairs
+    traced by running it on `input_shape` images (`models.tracing`), or without an input shape those
+    found in registration order. `call` is the `ModelCall` that runs the model."""
     declared = getattr(model, "ghost_skip_sites", None)
     if callable(declared):
         return list(declared())
+    if input_shape is not None:
+        from anymask.models.tracing import traced_ghost_skip_sites
+
+        return traced_ghost_skip_sites(model, tuple(input_shape), call)
     return discover_ghost_skip_sites(model)
 
 

@@ -33,6 +33,7 @@ class RecipeContext:
     start_epoch: float  # where training (re)starts
     channels_last: bool = False
     out_dir: Path | None = None  # the run folder: parts may write reports there (gradinit_scales.json)
+    output_fn: Any = None  # anymask.models.calling.OutputFn: reads logits from the model's output
 
 
 class RecipePart:
@@ -45,8 +46,9 @@ class RecipePart:
         self.config = config  # anymask.recipe.config.RecipeConfig
         self.total_epochs = total_epochs
 
-    def check(self, model: nn.Module) -> None:
-        """Fail with a one-line AnymaskError if the part cannot apply to `model` (called before the mask)."""
+    def check(self, context: RecipeContext) -> str | None:
+        """What the model lacks for this part, as a short phrase, or None when the part applies to it."""
+        return None
 
     def prepare(self, context: RecipeContext) -> None:
         """Install into the model (ghost modules/hooks) or re-initialise it (GradInit)."""
@@ -152,15 +154,31 @@ class Recipe:
     def names(self) -> list[str]:
         return [p.name for p in self.parts]
 
-    def check(self, model: nn.Module) -> None:
-        """Fail early, before a mask is made or a file written, if a part cannot apply to `model`."""
-        for part in self.parts:
-            part.check(model)
+    def _to_prepare(self, context: RecipeContext) -> list[RecipePart]:
+        # resumed after a ghost phase: the checkpoint holds the plain model, the ghost part stays out
+        return [p for p in self.parts if not (p.ghost and context.start_epoch >= p.ghost_end())]
+
+    def check_fits(self, context: RecipeContext) -> None:
+        """One `AnymaskError` naming every part the model cannot take and the parts that do apply.
+
+        Runs before anything is installed (and, in a run, before any file is written), so a recipe that
+        does not fit changes nothing.
+        """
+        problems = {part.name: part.check(context) for part in self._to_prepare(context)}
+        missing = {name: problem for name, problem in problems.items() if problem}
+        if not missing:
+            return
+        fitting = [name for name in self.names if name not in missing]
+        advice = f"--recipe {','.join(fitting)}" if fitting else "--recipe default"
+        raise AnymaskError(
+            f"recipe part(s) {', '.join(missing)} do not apply to this model: "
+            + "; ".join(f"{name} needs {problem}" for name, problem in missing.items())
+            + f". Train with the parts that apply: {advice}"
+        )
 
     def prepare(self, context: RecipeContext) -> None:
-        for part in self.parts:
-            if part.ghost and context.start_epoch >= part.ghost_end():
-                continue  # resumed after the ghost phase: the checkpoint holds the plain model
+        self.check_fits(context)
+        for part in self._to_prepare(context):
             part.prepare(context)
 
     def parameters(self) -> list[nn.Parameter]:

@@ -1,10 +1,15 @@
-"""Ghost soft neurons (gsn): every nn.ReLU starts as a smooth activation and turns into ReLU.
+"""Ghost soft neurons (gsn): every ReLU module starts as a smooth activation and turns into ReLU.
 
 A smooth activation passes gradient through negative pre-activations, which helps a sparse network
 whose few weights must all learn early. The official code swaps ReLU for the smooth function for the
 whole run, so its trained model is a different architecture; here each ReLU module is replaced by a
 `GhostSoftNeuron` that blends `(1 - l) * soft(x) + l * relu(x)`, `l` ramping 0 -> 1 over the ghost
-phase, and `remove()` puts the original nn.ReLU objects back: the trained model is the original one.
+phase, and `remove()` puts the original ReLU objects back: the trained model is the original one.
+
+A ReLU module is an `nn.ReLU` (or subclass), or any other module without parameters, buffers or
+children whose forward returns exactly relu(x) on a probe of negative, zero and positive values: a
+library's own ReLU class qualifies by what it computes, whatever its name. Functional `F.relu` calls
+inside a forward cannot be reached.
 """
 
 from __future__ import annotations
@@ -54,9 +59,53 @@ class GhostSoftNeuron(nn.Module):
         return f"soft={self.soft_name}, blend={float(self.blend):.4f}"
 
 
+RELU_PROBE = torch.linspace(-8.0, 8.0, 96).reshape(2, 3, 4, 4)
+"""Negative, near-zero and positive values, beyond 6 too (so ReLU6 and clipped variants do not pass)."""
+
+
+def computes_relu(module: nn.Module) -> bool:
+    """True for nn.ReLU and for parameter-free leaf modules whose output on `RELU_PROBE` is relu's."""
+    if isinstance(module, nn.ReLU):
+        return True
+    contents = (module.children(), module.parameters(), module.buffers())
+    if any(next(iterator, None) is not None for iterator in contents):
+        return False
+    try:
+        with torch.no_grad():
+            output = module.forward(RELU_PROBE.clone())  # forward, not __call__: the user's hooks stay quiet
+    except Exception:  # a module that cannot take a lone tensor is not an activation
+        return False
+    return isinstance(output, torch.Tensor) and torch.equal(output, F.relu(RELU_PROBE))
+
+
+def relu_sites(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, child name, module) for every ReLU module of `model`, each module probed once."""
+    verdicts: dict[int, bool] = {}
+    sites = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if id(child) not in verdicts:
+                verdicts[id(child)] = computes_relu(child)
+            if verdicts[id(child)]:
+                sites.append((parent, name, child))
+    return sites
+
+
+def describe_activations(model: nn.Module) -> str:
+    """'GELUActivation x4, Tanh x1': the model's activation modules by class, for error messages."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        kind = type(module)
+        if not any(module.children()) and (
+            "activation" in kind.__module__.lower() or kind.__name__.endswith("Activation")
+        ):
+            counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
+    return ", ".join(f"{name} x{count}" for name, count in counts.items())
+
+
 @RECIPE_PARTS.register("gsn")
 class GhostSoftNeurons(GhostPart):
-    """Replaces every nn.ReLU module of the model (functional `F.relu` calls cannot be reached)."""
+    """Replaces every ReLU module of the model (functional `F.relu` calls cannot be reached)."""
 
     name = "gsn"
 
@@ -66,18 +115,18 @@ class GhostSoftNeurons(GhostPart):
         self._sites: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, child name, original ReLU)
         self._neurons: list[GhostSoftNeuron] = []
 
+    def check(self, context: RecipeContext) -> str | None:
+        if relu_sites(context.model):
+            return None
+        found = describe_activations(context.model)
+        return "ReLU activation modules to blend into, and the model has none (" + (
+            f"its activations: {found})" if found else "functional relu calls cannot be replaced)"
+        )
+
     def prepare(self, context: RecipeContext) -> None:
-        self._sites = [
-            (parent, name, child)
-            for parent in context.model.modules()
-            for name, child in parent.named_children()
-            if isinstance(child, nn.ReLU)
-        ]
+        self._sites = relu_sites(context.model)
         if not self._sites:
-            raise AnymaskError(
-                "gsn found no nn.ReLU modules in the model (functional relu calls cannot be replaced); "
-                "drop gsn from --recipe or use nn.ReLU modules"
-            )
+            raise AnymaskError(f"gsn needs {self.check(context)}; drop gsn from --recipe")
         self._neurons = [GhostSoftNeuron(self.soft, device=context.device) for _ in self._sites]
         for (parent, name, _), neuron in zip(self._sites, self._neurons, strict=True):
             setattr(parent, name, neuron)

@@ -90,15 +90,32 @@ class GhostSkips(GhostPart):
         self._handles: list[RemovableHandle] = []
         self._inputs: dict[int, torch.Tensor] = {}
 
-    def prepare(self, context: RecipeContext) -> None:
+    def sites(self, context: RecipeContext) -> list[tuple[str, str]]:
+        """The model's declared sites, else the (conv, BN) pairs traced by running it once."""
         from anymask.models import ghost_skip_sites
+        from anymask.models.calling import ModelCall
 
+        shape = getattr(context.data, "input_shape", None)
+        return ghost_skip_sites(context.model, shape, ModelCall.of(context.model, context.output_fn))
+
+    def check(self, context: RecipeContext) -> str | None:
+        if self.sites(context):
+            return None
+        modules = list(context.model.modules())
+        norms = sum(isinstance(m, nn.BatchNorm2d) for m in modules)
+        others = sorted({type(m).__name__ for m in modules if "Norm" in type(m).__name__} - {"BatchNorm2d"})
+        found = (
+            f"none of its {norms} BatchNorm2d takes a Conv2d's output directly"
+            if norms
+            else "it has no BatchNorm2d" + (f"; its norms: {', '.join(others)}" if others else "")
+        )
+        return f"ghost-skip sites, a Conv2d feeding a BatchNorm2d outside the stem and shortcuts ({found})"
+
+    def prepare(self, context: RecipeContext) -> None:
         model = context.model
-        sites = [(model.get_submodule(a), model.get_submodule(b)) for a, b in ghost_skip_sites(model)]
+        sites = [(model.get_submodule(a), model.get_submodule(b)) for a, b in self.sites(context)]
         if not sites:
-            raise AnymaskError(
-                "gsc found no ghost-skip sites (a conv followed by a BN) in the model; drop gsc from --recipe"
-            )
+            raise AnymaskError(f"gsc needs {self.check(context)}; drop gsc from --recipe")
         self.scale = torch.ones((), device=context.device)
         for index, (entry, exit_) in enumerate(sites):
             self._handles.append(entry.register_forward_pre_hook(functools.partial(self._store, index)))

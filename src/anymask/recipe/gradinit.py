@@ -23,11 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from tqdm import tqdm
 
 from anymask.errors import AnymaskError
 from anymask.memory import return_freed_memory
+from anymask.models.calling import ModelCall, OutputFn, twice_differentiable
 from anymask.recipe.base import RECIPE_PARTS, RecipeContext, RecipePart
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -118,11 +118,15 @@ class GradInit:
     """Learns the scales of `model`'s trainable tensors in place.
 
     `config` holds the gradinit_* settings (a RecipeConfig); `masks` maps parameter names to 0/1 float
-    tensors: pruned entries take no part in the simulated step nor in the gradient norm.
+    tensors: pruned entries take no part in the simulated step nor in the gradient norm. `output_fn`
+    reads the logits from the model's output when it is not a tensor (`anymask.models.calling`).
     """
 
-    def __init__(self, model: nn.Module, config: Any, masks: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, model: nn.Module, config: Any, masks: dict[str, torch.Tensor], output_fn: OutputFn | None = None
+    ) -> None:
         self.model, self.config, self.masks = model, config, masks
+        self.call = ModelCall.of(model, output_fn)
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.optimizer = RescaleAdam(
@@ -131,7 +135,7 @@ class GradInit:
 
     def run(self, batches: Iterator[Batch], progress: bool = False) -> dict[str, float]:
         """All iterations; returns each tensor's learned scale by parameter name."""
-        with batch_statistics(self.model):
+        with batch_statistics(self.model), twice_differentiable():
             for _ in tqdm(
                 range(self.config.gradinit_iterations), "gradinit", disable=not progress, leave=False
             ):
@@ -141,7 +145,7 @@ class GradInit:
     def iteration(self, batches: Iterator[Batch]) -> None:
         """A constraint step while ||g(S)|| > gamma, else an objective step on S~ = half S + a new batch."""
         (x0, y0), (x1, y1) = next(batches), next(batches)
-        loss = F.cross_entropy(self.model(torch.cat([x0, x1])), torch.cat([y0, y1]))
+        loss = F.cross_entropy(self.call(self.model, torch.cat([x0, x1])), torch.cat([y0, y1]))
         grads = self.grad(loss, create_graph=True)
         grads = tuple(
             g * self.masks[n] if n in self.masks else g for (n, _), g in zip(self.named, grads, strict=True)
@@ -166,7 +170,7 @@ class GradInit:
         """
         eta = self.config.gradinit_eta
         moved = {n: p - eta * s for (n, p), s in zip(self.named, step, strict=True)}
-        return F.cross_entropy(functional_call(self.model, moved, (images,)), labels) / eta
+        return F.cross_entropy(self.call.functional(self.model, moved, images), labels) / eta
 
     def grad(self, value: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, ...]:
         """d value / d params, zeros for parameters that do not reach it."""
@@ -208,7 +212,8 @@ class RescaledInit(RecipePart):
         # Double backward through channels_last convolutions is ~3x slower on CPU: run contiguous.
         context.model.to(memory_format=torch.contiguous_format)
         batches = training_batches(context, self.config.gradinit_batch_size)
-        self.scales = GradInit(context.model, self.config, masks).run(batches, context.config.train.progress)
+        gradinit = GradInit(context.model, self.config, masks, context.output_fn)
+        self.scales = gradinit.run(batches, context.config.train.progress)
         return_freed_memory()  # the double backward's peak, otherwise resident for the rest of the run
         if context.channels_last:
             context.model.to(memory_format=torch.channels_last)

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from anymask.errors import AnymaskError
 from anymask.recipe.base import RECIPE_PARTS, RecipeContext, RecipePart, check_choice
 
 # The smooth activations as modules, under the names `gsn_soft` takes (the official code's names).
@@ -41,13 +40,10 @@ BRANCH_PREFIX = "dense_skip"
 
 
 def relu_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(parent, child name) of every nn.ReLU module of `model`."""
-    return [
-        (parent, name)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, nn.ReLU)
-    ]
+    """(parent, child name) of every ReLU module of `model`, found as ghost soft neurons find them."""
+    from anymask.recipe.ghost_neurons import relu_sites as ghost_neuron_sites
+
+    return [(parent, name) for parent, name, _ in ghost_neuron_sites(model)]
 
 
 @RECIPE_PARTS.register("smooth")
@@ -62,15 +58,12 @@ class SmoothActivations(RecipePart):
         self.soft = check_choice("gsn_soft", config.gsn_soft, SMOOTH_MODULES)
         self.replaced = 0
 
-    def check(self, model: nn.Module) -> None:
-        if not relu_sites(model):
-            raise AnymaskError(
-                "smooth found no nn.ReLU modules in the model (functional relu calls cannot be replaced); "
-                "drop smooth from --recipe or use nn.ReLU modules"
-            )
+    def check(self, context: RecipeContext) -> str | None:
+        if relu_sites(context.model):
+            return None
+        return "ReLU activation modules to replace, and the model has none (functional relu calls cannot be)"
 
     def prepare(self, context: RecipeContext) -> None:
-        self.check(context.model)
         sites = relu_sites(context.model)
         for parent, name in sites:
             setattr(parent, name, SMOOTH_MODULES[self.soft]())
@@ -116,16 +109,15 @@ class DenseSkips(RecipePart):
         self.branches: list[nn.Module] = []
         self._inputs: dict[int, torch.Tensor] = {}  # entry inputs waiting for their exit, by branch index
 
-    def check(self, model: nn.Module) -> None:
-        if not basic_blocks(model):
-            raise AnymaskError(
-                f"dense-skips (the official ToST skip branches) exist only in ResNets with BasicBlocks "
-                f"(resnet18, resnet20, resnet32, resnet34, resnet56), and this {type(model).__name__} has "
-                "none; use --recipe tost, or smooth,lrsi,ls"
-            )
+    def check(self, context: RecipeContext) -> str | None:
+        if basic_blocks(context.model):
+            return None
+        return (
+            "ResNet BasicBlocks, where the official ToST code puts its skip branches (resnet18, resnet20, "
+            f"resnet32, resnet34, resnet56), and this {type(context.model).__name__} has none"
+        )
 
     def prepare(self, context: RecipeContext) -> None:
-        self.check(context.model)
         memory_format = torch.channels_last if context.channels_last else torch.preserve_format
         for block in basic_blocks(context.model):
             for number, (entry_name, exit_name) in enumerate(block.GHOST_PAIRS, start=1):

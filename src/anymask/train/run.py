@@ -278,7 +278,8 @@ class _Run:
         torch.manual_seed(self.config.train.seed)
         model = self.new_model()
         recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
-        recipe.check(model)  # a part that cannot apply fails before the mask and the run folder exist
+        # A recipe part the model cannot take (gsn on a ViT) fails here, before any file is written.
+        recipe.check_fits(self.recipe_context(model, None, self.checkpoint["epoch"] if self.resuming else 0))
         mask, start_step = self.build_mask(model)
         if self.world.is_main and not self.resuming:
             self.write_config(start_step)
@@ -286,19 +287,7 @@ class _Run:
         barrier(self.world)
         mask.apply(model)
         start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
-        recipe.prepare(
-            RecipeContext(
-                model,
-                mask,
-                self.data,
-                self.config,
-                self.device,
-                self.resuming,
-                start_epoch,
-                self.config.train.channels_last,
-                self.out_dir if self.world.is_main else None,
-            )
-        )
+        recipe.prepare(self.recipe_context(model, mask, start_epoch))
         trainer = Trainer(
             model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
         )
@@ -329,6 +318,19 @@ class _Run:
             self.resuming,
         )
         return create_extensions(context)
+
+    def recipe_context(self, model: nn.Module, mask: Mask | None, start_epoch: float) -> RecipeContext:
+        return RecipeContext(
+            model,
+            mask,
+            self.data,
+            self.config,
+            self.device,
+            self.resuming,
+            start_epoch,
+            self.config.train.channels_last,
+            self.out_dir if self.world.is_main else None,
+        )
 
     def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
         c = self.config.train

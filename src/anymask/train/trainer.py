@@ -23,6 +23,7 @@ from anymask.data import ImageDataset, iterate_batches, num_batches, shuffled_tr
 from anymask.errors import AnymaskError
 from anymask.extensions import TrainerExtension
 from anymask.masks import Mask, MaskEnforcer
+from anymask.models.calling import ModelCall, OutputFn
 from anymask.recipe import Recipe
 from anymask.train.distributed import World, all_sum, average_gradients, sync_batchnorm
 from anymask.train.lr import lr_at
@@ -45,7 +46,11 @@ class EpochStats:
 
 
 class Trainer:
-    """Trains one model with one mask and one recipe. The recipe must already be prepared."""
+    """Trains one model with one mask and one recipe. The recipe must already be prepared.
+
+    The model's forward may return its logits as a tensor, a tuple, a mapping or an object with
+    `logits`; `output_fn` reads them from anything else (see `anymask.models.calling`).
+    """
 
     def __init__(
         self,
@@ -58,8 +63,10 @@ class Trainer:
         device: torch.device | str = "cpu",
         world: World | None = None,
         epochs: int | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
         self.model, self.data, self.config = model, data, config
+        self.call = ModelCall.of(model, output_fn)
         self.train_config = config.train
         self.recipe = recipe or Recipe([])
         self.device = torch.device(device)
@@ -185,7 +192,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast():
-            logits = self.network(images)
+            logits = self.call(self.network, images)
             loss = self.recipe.loss(logits.float(), labels, epoch_time)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -222,7 +229,7 @@ class Trainer:
             channels_last=self.train_config.channels_last,
         ):
             with self.autocast():
-                logits = self.model(x).float()
+                logits = self.call(self.model, x).float()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         return float(correct) / len(labels), float(loss_sum) / len(labels)
@@ -245,7 +252,7 @@ class Trainer:
             self.model.train()
             with torch.no_grad(), self.autocast():
                 for _, (x, _) in zip(range(batches), self.batches(epoch), strict=False):
-                    self.model(x)
+                    self.call(self.model, x)
             yield
         finally:
             for norm, (momentum, buffers) in zip(norms, saved, strict=True):
