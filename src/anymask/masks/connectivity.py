@@ -24,7 +24,7 @@ reachability, but a clipping or centring function can hide a path.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from anymask.masks.mask import Mask
+from anymask.models.calling import OutputFn, model_logits
 
 EFFECTIVE_FLOOR = 0.5
 """`make_mask` warns when fewer than this fraction of the kept weights are effective."""
@@ -127,17 +128,21 @@ class Connectivity:
         }
 
 
-def connectivity(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> Connectivity:
+def connectivity(
+    model: nn.Module, mask: Mask, input_shape: tuple[int, ...], output_fn: OutputFn | None = None
+) -> Connectivity:
     """Effective sparsity of `mask` on `model` for inputs of `input_shape` (C, H, W), no batch dimension.
 
-    The model is not changed. Raises whatever the model's forward raises on a (1, *input_shape) input.
+    The model is called as the trainer calls it (`anymask.models.calling`: images by keyword where its
+    forward asks for one, logits read from any common output form or by `output_fn`). The model is not
+    changed. Raises whatever the model's forward raises on a (1, *input_shape) input.
     """
     mask.check_fits(model)
     probe = positive_linear_copy(model, mask)
     params = {name: probe.get_parameter(name) for name in mask}
     x = torch.ones((1, *input_shape), dtype=torch.float64)
     with _binarised_outputs(probe):
-        output = output_tensor(probe(x))
+        output = model_logits(probe, x, output_fn)
         reached = output.detach().reshape(output.shape[0], output.shape[1], -1).amax(dim=(0, 2)) > 0
         grads = torch.autograd.grad(output.sum(), list(params.values()), allow_unused=True)
     effective = Mask(
@@ -153,17 +158,6 @@ def connectivity(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> 
         for name, t in mask.items()
     )
     return Connectivity(layers, int(reached.sum()), int(reached.numel()), effective)
-
-
-def output_tensor(output: Any) -> torch.Tensor:
-    """The logits of a forward's output: a tensor, the first of a tuple or list, or a dict's 'logits'."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping) and "logits" in output:
-        return output_tensor(output["logits"])
-    if isinstance(output, tuple | list) and output:
-        return output_tensor(output[0])
-    raise TypeError(f"the model returned {type(output).__name__}, not logits")
 
 
 # -- the positive-linear copy -------------------------------------------------------------------------

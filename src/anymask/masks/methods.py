@@ -85,14 +85,18 @@ def report_collapse(mask: Mask, strict: bool) -> None:
 
 
 def report_connectivity(
-    model: nn.Module, mask: Mask, input_shape: tuple[int, ...] | None, strict: bool
+    model: nn.Module,
+    mask: Mask,
+    input_shape: tuple[int, ...] | None,
+    strict: bool,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> None:
     """Warn (or fail under `strict`) when the mask leaves a class unreachable or most kept weights on no
     input-output path; a model that cannot be run on one image is skipped with a warning."""
     if input_shape is None or mask.kept() == mask.total():
         return
     try:
-        message = connectivity(model, mask, input_shape).message()
+        message = connectivity(model, mask, input_shape, output_fn).message()
     except Exception as error:  # a user's model may not run on a plain image: say so, do not fail
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         warnings.warn(
@@ -160,5 +164,6 @@ def make_mask(
     mask.check_fits(model)
     report_collapse(mask, config.strict)
     if not mask.collapsed_layers():  # a collapsed layer was just reported: no second warning
-        report_connectivity(model, mask, known_input_shape(data, context.extras), config.strict)
+        shape = known_input_shape(data, context.extras)
+        report_connectivity(model, mask, shape, config.strict, output_fn)
     return mask
