@@ -183,8 +183,15 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the problem and where help is), not usage + error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"anymask: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="anymask", description="Train sparse neural networks well, whatever mask they come with."
     )
     parser.add_argument("--version", action="version", version=f"anymask {package_version()}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +33,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temporary(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask made of 0666
     try:
         yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one of their own
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -327,14 +327,18 @@ class _Worker:
 # -- inside a worker process ---------------------------------------------------------------------------
 def _worker_main(conn: Connection, gpu: str | None) -> None:
     """Train the runs sent over `conn` until told to stop (None); answers None or an error per run."""
+    _prepare_worker(gpu)
+    while (task := conn.recv()) is not None:
+        conn.send(_train(*task))
+
+
+def _prepare_worker(gpu: str | None) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the first CUDA call of this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it stops the workers
     signal.signal(signal.SIGTERM, _exit_cleanly)
     warnings.showwarning = one_line_warning  # type: ignore[assignment]  # as the CLI shows them
     _exit_with_parent()
-    while (task := conn.recv()) is not None:
-        conn.send(_train(*task))
 
 
 def _exit_cleanly(*_: Any) -> None:
