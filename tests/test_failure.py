@@ -245,7 +245,7 @@ def test_report_skips_a_damaged_run_with_one_line_and_reports_the_rest(
 
 
 # -- 7. file modes ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
 def test_written_files_get_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
     old = os.umask(umask)
     try:
@@ -266,6 +266,27 @@ def test_every_file_of_a_run_folder_is_readable_by_others(tmp_path: Path) -> Non
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_an_output_place_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a user without write permission meets it (the tests may run as root, who has every permission)."""
+    import anymask.io
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(anymask.io.os, "access", lambda path, mode: Path(path).name != "locked")
+    out = tmp_path / "locked" / "new" / "run"
+    for argv in (
+        ["train", "--out", str(out)],
+        ["prune", "--method", "random", "--sparsity", "0.5", "--out", f"{out}.safetensors"],
+        ["report", str(tmp_path), "--out", str(out)],
+        ["train", "--out", str(tmp_path / "locked")],
+    ):
+        code, _, err = cli(argv, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "permission denied" in err
+    assert list((tmp_path / "locked").iterdir()) == []
 
 
 # -- 9. sweeps -------------------------------------------------------------------------------------
@@ -312,7 +333,7 @@ def test_a_short_lrsi_run_evaluates_the_network_it_trained(tmp_path: Path) -> No
     """The issue's digits case, shortened: with the initial running statistics the first evaluation
     predicted one class (10%); the network's own statistics put it far above chance."""
     config = RunConfig.from_flat(
-        {"model": "cnn", "data": "digits", "epochs": 1, "recipe": "lrsi", "gradinit_iterations": 30}
+        {"model": "cnn", "data": "digits", "epochs": 1, "recipe": "lrsi", "gradinit_iterations": 20}
         | {"progress": False, "threads": 1}
     )
     result = run_experiment(config, tmp_path / "run")
