@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset that sets the model's input shape and classes (default: the first the mask fits, "
         "the model's usual one first: digits for cnn, cifar10 for the others)",
     )
-    inspect.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    inspect.add_argument("--width", type=float, default=1.0, help="model width multiplier (default: 1.0)")
     inspect.add_argument("--plot", help="PNG path for the density bar plot (default: beside the mask)")
 
     compare = sub.add_parser("compare", help="overlap of two masks (IoU, Hamming distance)")
