@@ -181,7 +181,9 @@ def test_pruned_weights_stay_zero_while_branches_train_densely() -> None:
 def test_models_without_basic_blocks_fail_before_anything_is_written(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cnn = create_model("cnn", 10, (1, 8, 8), 0.25)
-    expected = r"dense-skips needs ResNet BasicBlocks.* Train with the parts that apply: --recipe smooth,lrsi,ls"
+    expected = r"dense-skips needs ResNet BasicBlocks.* apply: --recipe smooth,lrsi,ls"
+        r"dense-skips needs ResNet BasicBlocks.* Train with the parts that apply: --recipe smooth,lrsi,ls"
+    )
     with pytest.raises(AnymaskError, match=expected) as error:
         install(cnn, "tost-official")
     assert "\n" not in str(error.value)

@@ -44,17 +44,18 @@ def sweep_file(tmp_path: Path, text: str, name: str = "small.toml") -> Path:
 # -- parsing --------------------------------------------------------------------------------------------
 def test_grid_points_that_train_the_same_run_are_planned_once(tmp_path: Path) -> None:
     """gsc_mode means nothing to a recipe without gsc: those points share one folder, run once."""
-    text = '[grid]\nrecipe = ["default", "gsc"]\ngsc_mode = ["learned", "free"]\n'
+    text = 'mask_method = "random"\n[grid]\nrecipe = ["default", "gsc"]\ngsc_mode = ["learned", "free"]\n'
     runs = load_sweep(sweep_file(tmp_path, BASE + text)).plan(tmp_path / "out")
     assert [run.short_label for run in runs] == ["default/learned", "gsc/learned", "gsc/free"]
     assert len({run.folder for run in runs}) == 3
 
 
 def test_grid_expands_in_file_order_last_key_fastest(tmp_path: Path) -> None:
-    text = '[base.train]\nepochs = 2\n[grid]\nsparsity = [0.9, "0.98"]\nrecipe = ["default", "ls"]\n'
+    text = '[base.train]\nepochs = 2\n[base.mask]\nmask_method = "erk"\n[grid]\nsparsity = [0.9, "0.98"]\n'
+    text += 'recipe = ["default", "ls"]\n'
     path = sweep_file(tmp_path, text)
     sweep = load_sweep(path)
-    assert sweep.base == {"epochs": 2}
+    assert sweep.base == {"epochs": 2, "mask_method": "erk"}
     assert sweep.points() == [
         {"sparsity": 0.9, "recipe": "default"},
         {"sparsity": 0.9, "recipe": "ls"},
@@ -121,7 +122,7 @@ def test_variants_cross_the_grid_and_override_base(tmp_path: Path) -> None:
         ("[base]\nepochs = 'three'\n", "config key 'epochs' expects an integer, got 'three'"),
         ("[grid]\nepochs = [1, 'x']\n", "config key 'epochs' expects an integer, got 'x'"),
         ("[base]\nseed = 1\n[grid]\nseed = [1, 2]\n", r"'seed' is set in both \[base\] and \[grid\]"),
-        ("[grid]\nsparsity = [0.5, 1.5]\n", "run sparsity=1.5: .*sparsity 1.5"),
+        ('[base]\nmask_method = "er"\n[grid]\nsparsity = [0.5, 1.5]\n', "run sparsity=1.5: .*sparsity 1.5"),
         ("out = 3\n", "'out' expects a folder name"),
         ("[base\n", "cannot parse"),
     ],
@@ -257,7 +258,8 @@ def test_rerunning_a_finished_sweep_runs_nothing(
 
 def test_failed_run_is_reported_and_the_others_finish(tmp_path: Path) -> None:
     base = BASE.replace("epochs = 3", "epochs = 1").replace('data = "digits"', f'data_dir = "{tmp_path}"')
-    path = sweep_file(tmp_path, base + '[grid]\ndata = ["cifar10", "digits"]\n')
+    (tmp_path / "cifar-10-batches-py").mkdir()  # there, but empty: found missing only when the run loads it
+    path = sweep_file(tmp_path, base + 'mask_method = "random"\n[grid]\ndata = ["cifar10", "digits"]\n')
     with pytest.raises(AnymaskError, match=r"1 of 2 runs failed \(.*\); fix the cause") as error:
         run_sweep(path, out=tmp_path / "out")
     runs = load_sweep(path).plan(tmp_path / "out")

@@ -7,6 +7,7 @@ Every run setting of `anymask.config` is a flag (`sparsity` -> `--sparsity`, `ma
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 import warnings
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from anymask.config import RunConfig, field_help, field_types, read_config_file
-from anymask.errors import AnymaskError
+from anymask.errors import AnymaskError, one_line_warning
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -34,27 +35,51 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, keys: Sequence[str] | None = None) -> None:
-    """One flag per setting; unset flags stay absent so the config file's values survive."""
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    keys: Sequence[str] | None = None,
+    hidden: Sequence[str] = (),
+    title: str = "run settings (also valid as keys in --config files)",
+) -> None:
+    """One flag per setting; unset flags stay absent so the config file's values survive.
+
+    `hidden` settings are accepted but left out of --help (prune takes training settings for lth only).
+    """
     helps, types = field_help(), field_types()
-    group = parser.add_argument_group("run settings (also valid as keys in --config files)")
-    for key in keys or list(types):
+    group = parser.add_argument_group(title)
+    for key in [*(keys or list(types)), *hidden]:
         hint = types[key]
         default = getattr(RunConfig(), _section(key)).__dict__[key]
-        text = f"{helps.get(key, '')} (default: {default})".replace("%", "%%")  # argparse formats help
+        text = helps.get(key, "")
+        if "default" not in text and default is not None:  # some helps already say what unset means
+            text += f" (default: {default})"
+        text = text.replace("%", "%%")  # argparse formats help
+        help_text = argparse.SUPPRESS if key in hidden else text
         if hint is bool:
             group.add_argument(
                 flag_name(key),
                 dest=key,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=text,
+                help=help_text,
             )
         else:
             metavar = "LIST" if typing.get_origin(hint) is list else key.upper()
             group.add_argument(
-                flag_name(key), dest=key, default=argparse.SUPPRESS, metavar=metavar, help=text
+                flag_name(key), dest=key, default=argparse.SUPPRESS, metavar=metavar, help=help_text
             )
+
+
+def prune_settings() -> tuple[list[str], list[str]]:
+    """(shown, hidden) settings of `anymask prune`: the model, data and mask sections and the seed and
+    device are shown; the other training settings only matter to lth's training rounds."""
+    from anymask.config import field_sections
+
+    sections = field_sections()
+    shown = [k for k, s in sections.items() if s in {"model", "data", "mask"}]
+    shown += ["seed", "device", "threads", "progress"]
+    hidden = [k for k, s in sections.items() if s == "train" and k not in shown]
+    return shown, hidden
 
 
 def _section(key: str) -> str:
@@ -82,6 +107,8 @@ def train_command(args: argparse.Namespace) -> int:
         config = config.updated({"mask_file": args.mask, "mask_method": "file"})
     out = Path(args.out) if args.out else Path("runs") / config.hash()
     result = run_experiment(config, out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun every rank trains; one line from rank 0 is enough
     s = result.summary
     state = "already finished" if result.skipped else "finished"
     print(
@@ -103,7 +130,8 @@ def demo_command(args: argparse.Namespace) -> int:
 def prune_command(args: argparse.Namespace) -> int:
     from anymask.experiments.masking import prune_to_file
 
-    config = resolve_config(args)
+    shown, hidden = prune_settings()
+    config = resolve_config(args, [*shown, *hidden])
     if args.method:
         config = config.updated({"mask_method": args.method})
     mask = prune_to_file(config, Path(args.out))
@@ -168,10 +196,18 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the problem and where help is), not usage + error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"anymask: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="anymask", description="Train sparse neural networks well, whatever mask they come with."
     )
+    parser.add_argument("--version", action="version", version=f"anymask {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train one model with a mask and a recipe")
@@ -182,20 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
 
     demo = sub.add_parser("demo", help="a small sweep on digits (no download) and its report")
-    demo.add_argument("--out", default="runs/demo", help="folder for the runs and the report")
-    demo.add_argument("--workers", type=int, default=1, help="runs at a time")
+    demo.add_argument(
+        "--out", default="runs/demo", help="folder for the runs and the report (default: runs/demo)"
+    )
+    demo.add_argument("--workers", type=int, default=1, help="runs at a time (default: 1)")
 
     prune = sub.add_parser("prune", help="compute a mask and save it")
     prune.add_argument("--config", help="TOML or YAML file of settings")
     prune.add_argument("--method", help="mask method (same as --mask-method)")
     prune.add_argument("--out", required=True, help="mask file to write (.safetensors or .pt)")
-    add_config_flags(prune)
+    shown, hidden = prune_settings()
+    add_config_flags(
+        prune,
+        shown,
+        hidden,
+        "mask settings (also valid as keys in --config files; lth also takes the training settings of "
+        "`anymask train --help`, for its rounds)",
+    )
 
     inspect = sub.add_parser("inspect", help="per-layer table and density plot of a mask")
     inspect.add_argument("mask", help="mask file")
     inspect.add_argument("--model", help="model the mask is for (adds spectral gaps with weights)")
-    inspect.add_argument("--data", default="cifar10", help="dataset that sets the model's shape")
-    inspect.add_argument("--width", type=float, default=1.0, help="model width multiplier")
+    inspect.add_argument(
+        "--data",
+        help="dataset that sets the model's input shape and classes (default: the first the mask fits, "
+        "the model's usual one first: digits for cnn, cifar10 for the others)",
+    )
+    inspect.add_argument("--width", type=float, default=1.0, help="model width multiplier (default: 1.0)")
     inspect.add_argument("--plot", help="PNG path for the density bar plot (default: beside the mask)")
 
     compare = sub.add_parser("compare", help="overlap of two masks (IoU, Hamming distance)")
@@ -205,12 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of runs (resumable, parallel)")
     sweep.add_argument("sweep", help="sweep file: [base] settings and a [grid] of lists")
     sweep.add_argument("--out", help="folder for the runs (default: the file's out or runs/<file name>)")
-    sweep.add_argument("--workers", type=int, default=1, help="runs at a time (processes)")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at a time (processes; default: 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
 
     report = sub.add_parser("report", help="tables and plots from run folders")
     report.add_argument("dirs", nargs="+", help="run or sweep folders")
-    report.add_argument("--out", default="report", help="folder for report.md, results.csv and the PNGs")
+    report.add_argument(
+        "--out", default="report", help="folder for report.md, results.csv and the PNGs (default: report)"
+    )
     report.add_argument(
         "--only",
         action="append",
@@ -234,13 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    print(f"anymask: warning: {message}", file=sys.stderr)
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("anymask")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _one_line_warning  # type: ignore[assignment]
+    warnings.showwarning = one_line_warning  # type: ignore[assignment]
     try:
         return COMMANDS[args.command](args)
     except AnymaskError as error:
@@ -253,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as error:  # a place anymask cannot read or write that no earlier check foresaw
+        where = f": {error.filename}" if error.filename else ""
+        print(f"anymask: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

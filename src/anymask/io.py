@@ -1,12 +1,30 @@
-"""Atomic file writes: a reader never sees a half-written file, an interrupted write leaves none."""
+"""Atomic file writes: a reader never sees a half-written file, an interrupted write leaves none.
+
+Files get the mode a plain `open` would give them (0666 less the umask), not the 0600 of a
+`tempfile.mkstemp` file: run folders and reports are meant to be read by others.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from anymask.errors import AnymaskError
+
+
+def _create_temporary(path: Path) -> Path:
+    """An empty new file beside `path`, created as `open(..., 'x')` would (the umask decides its mode)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -14,10 +32,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask made of 0666
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one of their own
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -31,3 +50,45 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# -- checking where output goes, before any work is done -----------------------------------------------
+def _first_existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists (what a mkdir -p would create folders in)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """The folders above `path` exist or can be made, and the nearest existing one is writable."""
+    base = _first_existing(path.parent)
+    if not base.is_dir():
+        raise AnymaskError(f"{flag} {path}: {base} is a file, not a folder; choose another {flag}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise AnymaskError(
+            f"{flag} {path}: cannot write in {base} (permission denied); choose another {flag}"
+        )
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> None:
+    """One line, before anything is computed, when `path` cannot become a folder anymask writes into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AnymaskError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise AnymaskError(
+                f"{flag} {path}: cannot write in it (permission denied); choose another {flag}"
+            )
+        return
+    _check_creatable(path, flag)
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> None:
+    """One line, before anything is computed, when `path` cannot be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise AnymaskError(f"{flag} {path} is a folder; give a file name")
+    _check_creatable(path, flag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import pickle
 import re
 from pathlib import Path
@@ -17,14 +18,53 @@ CIFAR100_FOLDER = "cifar-100-python"
 _PIXELS = 3 * 32 * 32
 
 
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+
+# The only globals a CIFAR batch needs: numpy arrays (rebuilt by _reconstruct from ndarray and a
+# dtype), numpy scalars, and _codecs.encode, which protocol-2 pickles written by Python 3 use for bytes.
+# A pickle runs code only through globals, so allowing these and nothing else makes loading safe.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
+    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _RefusedGlobal(Exception):
+    pass
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays; any other global is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return _ALLOWED_GLOBALS[(module, name)]
+
+
 def _read_pickle(name: str, path: Path) -> dict[str, Any]:
     # The official files are Python 2 pickles; latin1 decodes their str keys and numpy buffers alike.
-    # Like torchvision, this trusts the files: only point it at archives you downloaded yourself.
     try:
         with path.open("rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as refused:
+        raise malformed(
+            name,
+            path,
+            f"it refers to {refused}, which a CIFAR batch never holds (refused unread: it could run code)",
+        ) from None
     except Exception as e:  # a truncated or foreign pickle can raise nearly any exception type
-        raise malformed(name, path, f"cannot unpickle: {type(e).__name__}: {e}") from None
+        raise malformed(
+            name, path, f"cannot unpickle: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if not isinstance(obj, dict):
         raise malformed(name, path, f"expected a dict, got {type(obj).__name__}")
     return obj

@@ -10,7 +10,7 @@ import torch
 
 # Importing the loader modules registers them in DATASETS.
 from anymask.data import cifar, digits, tinyimagenet  # noqa: F401
-from anymask.data.base import DATASETS, ImageDataset
+from anymask.data.base import DATASETS, ImageDataset, not_found
 from anymask.data.download import ARCHIVES, download_and_extract
 from anymask.errors import AnymaskError
 
@@ -45,6 +45,15 @@ def load_dataset(
         val_y=ds.train_y[val_idx],
     )
     return ds.to(device)
+
+
+def check_dataset_present(name: str, data_dir: str | Path, download: bool = False) -> None:
+    """A cheap look for the dataset's official folder (no file is read): one line when it is missing and
+    will not be downloaded. Sweeps call it once before any run starts, instead of failing every run."""
+    if name in ARCHIVES and not download:
+        folder = ARCHIVES[name].folder
+        if not (Path(data_dir) / folder).is_dir():
+            raise not_found(name, Path(data_dir) / folder, folder)
 
 
 def _split_indices(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anymask.io import atomic_write_text
+from anymask.errors import AnymaskError
+from anymask.io import atomic_write_text, check_output_folder
 
 SWEEP_FILE = "demo.toml"
 DEMO_SWEEP = """\
@@ -40,6 +41,9 @@ def run_demo(out: Path, workers: int = 1) -> Path:
     from anymask.experiments.report import write_report
     from anymask.experiments.sweep import run_sweep
 
+    if workers < 1:
+        raise AnymaskError(f"--workers must be at least 1, got {workers}")
+    check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_FILE, DEMO_SWEEP)
     run_sweep(out / SWEEP_FILE, out=out, workers=workers)

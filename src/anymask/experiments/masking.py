@@ -11,6 +11,7 @@ from torch import nn
 
 from anymask.config import RunConfig
 from anymask.errors import AnymaskError
+from anymask.io import check_output_file
 from anymask.masks import Mask
 from anymask.masks.analysis import compare, inspect_rows
 from anymask.masks.connectivity import connectivity
@@ -56,6 +57,7 @@ def prune_to_file(config: RunConfig, out: Path) -> Mask:
     validate(config)
     if out.suffix not in {".safetensors", ".pt", ".pth"}:
         raise AnymaskError(f"--out must end in .safetensors or .pt, got '{out.name}'")
+    check_output_file(out)
     device = resolve_device(config.train.device, World())
     data = load_dataset(
         config.data.data,
@@ -72,8 +74,9 @@ def prune_to_file(config: RunConfig, out: Path) -> Mask:
 
 
 def registry_model(name: str, data: str, width: float, weights: Path | None = None) -> nn.Module:
-    from anymask.models import create_model
+    from anymask.models import MODELS, create_model
 
+    MODELS.get(name)  # an unknown model is one line naming the choices
     if data not in DATASET_SHAPES:
         raise AnymaskError(f"unknown dataset '{data}'; choose one of: {', '.join(DATASET_SHAPES)}")
     shape, classes = DATASET_SHAPES[data]
@@ -86,17 +89,45 @@ def registry_model(name: str, data: str, width: float, weights: Path | None = No
     return model
 
 
+# The dataset a model is usually trained on: tried first when `inspect` is given no --data.
+USUAL_DATA = {"cnn": "digits"}
+
+
+def model_for_mask(mask: Mask, name: str, width: float) -> nn.Module:
+    """The registry model built for the first dataset (the model's usual one first) whose input channels
+    and classes give the mask's layer shapes."""
+    first = USUAL_DATA.get(name, "cifar10")
+    for data in [first, *(d for d in DATASET_SHAPES if d != first)]:
+        model = registry_model(name, data, width)
+        try:
+            mask.check_fits(model)
+        except AnymaskError:
+            continue
+        return model
+    raise AnymaskError(
+        f"the mask does not fit model '{name}' (width {width:g}) for any dataset "
+        f"({', '.join(DATASET_SHAPES)}); check --model and --width"
+    )
+
+
 def inspect_mask(
     path: Path,
     *,
     model_name: str | None = None,
-    data: str = "cifar10",
+    data: str | None = None,
     width: float = 1.0,
     plot: Path | None = None,
 ) -> Path:
-    """Print the per-layer table of a mask file and write its density bar plot; returns the plot path."""
+    """Print the per-layer table of a mask file and write its density bar plot; returns the plot path.
+
+    Without `data`, the model's input shape and classes are those of the first dataset the mask fits.
+    """
+    plot = plot or path.with_name(f"{path.stem}_densities.png")
+    check_output_file(plot, "--plot")
     mask = Mask.load(path)
-    model = registry_model(model_name, data, width) if model_name else None
+    model = None
+    if model_name:
+        model = registry_model(model_name, data, width) if data else model_for_mask(mask, model_name, width)
     rows = inspect_rows(mask, model)
     # Effective density needs the model's wiring: without --model the column shows "-".
     links = connectivity(model, mask, DATASET_SHAPES[data][0]) if model is not None else None
@@ -130,7 +161,6 @@ def inspect_mask(
     notes = sorted({r.note for r in rows if r.note})
     for note in notes:
         print(f"note: {note}")
-    plot = plot or path.with_name(f"{path.stem}_densities.png")
     plot_densities(mask, plot, title=f"{path.name}: density per layer (overall {mask.density():.4f})")
     print(f"density plot: {plot}")
     return plot

@@ -27,9 +27,24 @@ from typing import Any
 
 from anymask.config import coerce, load_run_config, section_of
 from anymask.errors import AnymaskError
-from anymask.io import atomic_write_text
+from anymask.io import atomic_write_text, check_output_folder
 
 SUMMARY, CONFIG, METRICS = "summary.json", "config.json", "metrics.jsonl"  # as anymask.train.run writes them
+# What tables read from every summary: one without them is skipped, not a report-wide crash.
+REQUIRED_SUMMARY = frozenset(
+    {
+        "config_hash",
+        "model",
+        "data",
+        "mask_method",
+        "sparsity",
+        "recipe",
+        "seed",
+        "epochs",
+        "final_test_acc",
+        "best_test_acc",
+    }
+)
 KEPT_FILES = (CONFIG, METRICS, SUMMARY, "gradinit_scales.json")  # small, and enough to rebuild a report
 MASK, LAYER_DENSITIES = "mask.safetensors", "layer_densities.json"
 BASELINE = "default"
@@ -226,7 +241,17 @@ def collect_runs(dirs: Iterable[Path]) -> list[Run]:
         if missing:
             warnings.warn(f"skipping {folder}: it has {SUMMARY} but no {' or '.join(missing)}", stacklevel=2)
             continue
-        run = read_run(folder)
+        try:
+            run = read_run(folder)
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            OSError,
+            AnymaskError,
+        ) as error:  # one bad run, not the report
+            warnings.warn(f"skipping {folder}: {unreadable_reason(error)}", stacklevel=2)
+            continue
         first = runs.setdefault(run.summary["config_hash"], run)
         if first is not run:
             warnings.warn(f"skipping {folder}: the same run as {first.folder}", stacklevel=2)
@@ -240,11 +265,27 @@ def _summary_files(path: Path) -> list[Path]:
 
 
 def read_run(folder: Path) -> Run:
+    """A finished run folder; a damaged file raises (ValueError for bad text or JSON, KeyError...)."""
     summary = json.loads((folder / SUMMARY).read_text())
+    if not isinstance(summary, dict) or not summary.keys() >= REQUIRED_SUMMARY:
+        raise ValueError(f"{SUMMARY} is not an anymask summary")
     settings = load_run_config(folder / CONFIG).read_settings()
     lines = (folder / METRICS).read_text().splitlines()
     curve = [json.loads(line)["test_acc"] for line in lines if line.strip()]
     return Run(folder, summary, settings, curve)
+
+
+def unreadable_reason(error: Exception) -> str:
+    """One line for a run folder the report cannot read."""
+    if isinstance(error, UnicodeDecodeError):
+        return "a file is not text (damaged?)"
+    if isinstance(error, json.JSONDecodeError):
+        return (
+            f"a file is not valid JSON ({error.msg}, line {error.lineno}); was the run cut off while writing?"
+        )
+    if isinstance(error, KeyError):
+        return f"a file lacks the entry {error}"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def build_tables(runs: Sequence[Run]) -> list[Table]:
@@ -565,6 +606,7 @@ def write_report(
     weights and checkpoints the run folders hold.
     """
     filters = parse_filters(only)
+    check_output_folder(out)
     runs = keep_matching(collect_runs(dirs), filters)
     if not runs:
         which = f" matching {' '.join(f'--only {o}' for o in only)}" if only else ""

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,9 +34,10 @@ from tqdm.auto import tqdm
 
 from anymask.config import RunConfig, coerce, flat_settings, parse_file, section_of
 from anymask.data import ImageDataset, load_dataset
-from anymask.errors import AnymaskError
+from anymask.data.load import check_dataset_present
+from anymask.errors import AnymaskError, one_line_warning
 from anymask.experiments.report import markdown_table
-from anymask.io import atomic_write_text
+from anymask.io import atomic_write_text, check_output_folder
 from anymask.memory import return_freed_memory
 from anymask.train.run import CONFIG, METRICS, SUMMARY, folder_state, run_experiment, validate
 
@@ -142,6 +144,8 @@ def _sweep_from_table(raw: Any, name: str) -> Sweep:
     if out is not None and not isinstance(out, str):
         raise AnymaskError(f"'out' expects a folder name, got {out!r}")
     base = {key: coerce(key, value) for key, value in flat_settings(raw.get("base", {}), "[base]").items()}
+    if "grid" in raw and not raw["grid"]:
+        raise AnymaskError("[grid] is empty; give it lists of values, or leave it out to run [base] alone")
     grid = {key: _grid_values(key, v) for key, v in flat_settings(raw.get("grid", {}), "[grid]").items()}
     for key in grid:
         if key in base:
@@ -224,13 +228,15 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
         raise AnymaskError(f"--workers must be at least 1, got {workers}")
     sweep = load_sweep(path)
     out = out or sweep.out or Path("runs") / sweep.name
+    check_output_folder(out)
     runs = sweep.plan(out)
     if dry_run:
         print(plan_table(runs, out))
         return out
+    todo = [run for run in runs if run.state not in {"finished", "kept"}]
+    check_datasets(todo, sweep.name)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RECORD, json.dumps(sweep.record(runs), indent=2) + "\n")
-    todo = [run for run in runs if run.state not in {"finished", "kept"}]
     keep_into = sweep.kept[0] if sweep.kept else None
     failures = _run_all(todo, workers, len(runs), f"sweep {sweep.name}", keep_into) if todo else {}
     if keep_into is not None:  # runs finished before `kept` was set, or by an older anymask
@@ -243,6 +249,17 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
         )
     print(f"sweep {sweep.name}: all {len(runs)} runs finished in {out}; see them with: anymask report {out}")
     return out
+
+
+def check_datasets(runs: list[PlannedRun], name: str) -> None:
+    """A dataset folder that is missing fails the sweep once, before any run starts (not once per run)."""
+    for data, data_dir, download in sorted(
+        {(r.config.data.data, r.config.data.data_dir, r.config.data.download) for r in runs}
+    ):
+        try:
+            check_dataset_present(data, data_dir, download)
+        except AnymaskError as error:
+            raise AnymaskError(f"sweep {name}: {error}") from None
 
 
 def plan_table(runs: list[PlannedRun], out: Path) -> str:
@@ -383,13 +400,18 @@ class _Worker:
 # -- inside a worker process ---------------------------------------------------------------------------
 def _worker_main(conn: Connection, gpu: str | None) -> None:
     """Train the runs sent over `conn` until told to stop (None); answers None or an error per run."""
+    _prepare_worker(gpu)
+    while (task := conn.recv()) is not None:
+        conn.send(_train(*task))
+
+
+def _prepare_worker(gpu: str | None) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the first CUDA call of this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it stops the workers
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    warnings.showwarning = one_line_warning  # type: ignore[assignment]  # as the CLI shows them
     _exit_with_parent()
-    while (task := conn.recv()) is not None:
-        conn.send(_train(*task))
 
 
 def _exit_cleanly(*_: Any) -> None:

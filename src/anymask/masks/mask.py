@@ -183,15 +183,17 @@ def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise AnymaskError(f"mask file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             tensors = _load_safetensors_in_order(path)
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        message = f"cannot read {path}: the file is corrupt or not a tensor file ({reason})"
-        raise AnymaskError(message) from None
+        except Exception as error:
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            message = f"cannot read {path}: the file is corrupt or not a tensor file ({reason})"
+            raise AnymaskError(message) from None
+    else:
+        from anymask.safe_load import load_torch_file
+
+        tensors = load_torch_file(path, "mask file")  # weights_only: a hostile file cannot run code
     for key in NESTED_KEYS:
         if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
             tensors = tensors[key]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 SCALES_FILE = "gradinit_scales.json"
+RECALIBRATION_BATCHES = 10  # of gradinit_batch_size images: BN statistics of the rescaled network
+ANNOUNCE_AFTER_SECONDS = 60.0
 POSITIVE = ("gradinit_lr", "gradinit_eta", "gradinit_gamma", "gradinit_batch_size")
 NON_NEGATIVE = ("gradinit_iterations", "gradinit_min_scale", "gradinit_grad_clip")
 
@@ -133,13 +137,21 @@ class GradInit:
             self.named, config.gradinit_lr, config.gradinit_min_scale, config.gradinit_grad_clip
         )
 
-    def run(self, batches: Iterator[Batch], progress: bool = False) -> dict[str, float]:
-        """All iterations; returns each tensor's learned scale by parameter name."""
+    def run(
+        self, batches: Iterator[Batch], progress: bool = False, announce: bool = False
+    ) -> dict[str, float]:
+        """All iterations; returns each tensor's learned scale by parameter name.
+
+        `announce` prints how long the iterations will take once two are timed, when that is over a minute
+        (on a CPU the default 180 iterations of a ResNet-20 take most of an hour).
+        """
+        total = self.config.gradinit_iterations
+        begin = time.perf_counter()
         with batch_statistics(self.model), twice_differentiable():
-            for _ in tqdm(
-                range(self.config.gradinit_iterations), "gradinit", disable=not progress, leave=False
-            ):
+            for index in tqdm(range(total), "gradinit", disable=not progress, leave=False):
                 self.iteration(batches)
+                if announce and index == 1:
+                    _announce(total, (time.perf_counter() - begin) / 2 * total)
         return {name: scale.alpha for (name, _), scale in zip(self.named, self.optimizer.scales, strict=True)}
 
     def iteration(self, batches: Iterator[Batch]) -> None:
@@ -179,6 +191,52 @@ class GradInit:
         )
 
 
+def _announce(iterations: int, seconds: float) -> None:
+    if seconds >= ANNOUNCE_AFTER_SECONDS:
+        print(
+            f"anymask: GradInit (lrsi) runs {iterations} iterations before training, about "
+            f"{seconds / 60:.0f} min here; on a CPU --gradinit-iterations 60 is usually enough "
+            "(docs/recipe.md)",
+            file=sys.stderr,
+        )
+
+
+@torch.no_grad()
+def recalibrate_running_stats(
+    model: nn.Module, batches: Iterator[Batch], count: int, output_fn: OutputFn | None = None
+) -> None:
+    """BatchNorm running statistics recomputed from `count` training batches of the network as it now is.
+
+    GradInit shrinks or grows whole tensors, so the running statistics of the network at init (mean 0,
+    variance 1, only slowly decayed by training) no longer describe it: a 3-epoch digits run evaluated
+    one class for nearly every test image. Only running statistics change: the batches come from
+    GradInit's own generator, dropout stays off (eval mode) and `num_batches_tracked` is put back, so
+    training takes exactly the steps it took before.
+    """
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not norms:
+        return
+    training = {module: module.training for module in model.modules()}
+    saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the batches
+        norm.train()
+    call = ModelCall.of(model, output_fn)
+    try:
+        for _ in range(count):
+            call(model, next(batches)[0])
+    finally:
+        for norm, (momentum, tracked) in zip(norms, saved, strict=True):
+            norm.momentum = momentum
+            norm.num_batches_tracked.copy_(tracked)
+        for module, mode in training.items():
+            module.training = mode
+
+
 def training_batches(context: RecipeContext, batch_size: int) -> Iterator[Batch]:
     """Endless augmented training batches, drawn from a generator seeded with the run's seed."""
     from anymask.data import shuffled_train_batches
@@ -213,7 +271,10 @@ class RescaledInit(RecipePart):
         context.model.to(memory_format=torch.contiguous_format)
         batches = training_batches(context, self.config.gradinit_batch_size)
         gradinit = GradInit(context.model, self.config, masks, context.output_fn)
-        self.scales = gradinit.run(batches, context.config.train.progress)
+        self.scales = gradinit.run(
+            batches, context.config.train.progress, announce=context.out_dir is not None
+        )
+        recalibrate_running_stats(context.model, batches, RECALIBRATION_BATCHES, context.output_fn)
         return_freed_memory()  # the double backward's peak, otherwise resident for the rest of the run
         if context.channels_last:
             context.model.to(memory_format=torch.channels_last)

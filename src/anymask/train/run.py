@@ -13,6 +13,7 @@ import contextlib
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +27,14 @@ from anymask.config import RunConfig, load_run_config, save_config
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
-from anymask.io import atomic_write_text
+from anymask.io import atomic_write_text, check_output_folder
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.masks.config import BN_MODES
 from anymask.masks.connectivity import connectivity
 from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
-from anymask.recipe import Recipe, RecipeContext, parse_recipe
+from anymask.recipe import Recipe, RecipeContext
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
 from anymask.train.lock import run_folder_lock
@@ -61,33 +62,61 @@ def validate(config: RunConfig) -> None:
     import anymask.masks.catalog  # noqa: F401  (registers every mask method)
 
     check_sparsity(config.mask.sparsity)
-    METHODS.get("file" if config.mask.mask_file else config.mask.mask_method)
+    method = "file" if config.mask.mask_file else config.mask.mask_method
+    METHODS.get(method)
+    if method == "dense" and config.mask.sparsity > 0:
+        raise AnymaskError(
+            f"sparsity {config.mask.sparsity:g} with mask method 'dense' would train every weight; "
+            "choose how to prune with --mask-method (random, er, erk, magnitude, snip, grasp, synflow, lth) "
+            "or train a saved mask with --mask FILE"
+        )
     MODELS.get(config.model.model)
     if config.model.init != DEFAULT_INIT:
         INITS.get(config.model.init)
     DATASETS.get(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
-    parse_recipe(config.recipe.recipe)
+    Recipe.from_config(config.recipe, config.train.epochs)  # each part checks its settings as it is built
+    if method == "lth":
+        _check_lottery_ticket(config)
     if config.mask.mask_file and not Path(config.mask.mask_file).is_file():
         raise AnymaskError(f"mask file not found: {config.mask.mask_file}")
-    checks = {
-        "epochs": config.train.epochs >= 1,
-        "batch_size": config.train.batch_size >= 1,
-        "eval_batch_size": config.train.eval_batch_size >= 1,
-        "bn_recalibration_batches": config.train.bn_recalibration_batches >= 0,
-        "width": config.model.width > 0,
-        "weight_decay": config.train.weight_decay >= 0,
-        "momentum": 0 <= config.train.momentum < 1,
-        "lr": config.train.lr > 0 and math.isfinite(config.train.lr),
+    t, m = config.train, config.mask
+    checks = {  # setting -> (valid, what a valid value is)
+        "epochs": (t.epochs >= 1, "1 or more"),
+        "batch_size": (t.batch_size >= 1, "1 or more"),
+        "eval_batch_size": (t.eval_batch_size >= 1, "1 or more"),
+        "bn_recalibration_batches": (t.bn_recalibration_batches >= 0, "0 or more"),
+        "width": (config.model.width > 0, "a positive multiplier"),
+        "weight_decay": (t.weight_decay >= 0, "0 or more"),
+        "momentum": (0 <= t.momentum < 1, "in [0, 1)"),
+        "lr": (t.lr > 0 and math.isfinite(t.lr), "a positive number"),
+        "lr_gamma": (t.lr_gamma > 0 and math.isfinite(t.lr_gamma), "a positive number, e.g. 0.1"),
+        "lr_milestones": (all(0 <= x <= 1 for x in t.lr_milestones), "fractions of the run in [0, 1]"),
+        "warmup_epochs": (0 <= t.warmup_epochs <= t.epochs, f"between 0 and the run's {t.epochs} epochs"),
+        "threads": (t.threads is None or t.threads >= 1, "1 or more (leave it unset for PyTorch's choice)"),
+        "val_split": (config.data.val_split >= 0, "0 or more"),
+        "train_subset": (config.data.train_subset is None or config.data.train_subset >= 1, "1 or more"),
+        "lth_epochs": (m.lth_epochs is None or m.lth_epochs >= 1, "1 or more"),
+        "synflow_iterations": (m.synflow_iterations >= 1, "1 or more"),
+        "prune_samples_per_class": (m.prune_samples_per_class >= 1, "1 or more"),
     }
-    for key, ok in checks.items():
+    for key, (ok, valid) in checks.items():
         if not ok:
-            raise AnymaskError(f"invalid {key}: {config.get(key)!r}; see `anymask train --help`")
+            raise AnymaskError(f"invalid {key}: {config.get(key)!r}; it must be {valid}")
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
     if config.mask.prune_bn_mode not in BN_MODES:
         raise AnymaskError(f"unknown prune_bn_mode '{config.mask.prune_bn_mode}'; use 'eval' or 'train'")
     validate_extensions(config)  # e.g. dynamic sparse training's settings (anymask.dst)
+
+
+def _check_lottery_ticket(config: RunConfig) -> None:
+    """lth_rate and lth_rewind, read only when the rounds start: checked here so nothing is written first."""
+    from anymask.masks.lth import round_densities
+    from anymask.steps import Step
+
+    round_densities(1 - config.mask.sparsity, config.mask.lth_rate)
+    Step.parse(config.mask.lth_rewind)
 
 
 def folder_state(out_dir: Path) -> str:
@@ -126,12 +155,25 @@ def run_experiment(
     """Train one run into `out_dir`; a finished folder is returned as it is, an unfinished one resumed."""
     out_dir = Path(out_dir)
     validate(config)
+    check_output_folder(out_dir)
     world = init_world(config.train.device)
     with run_folder_lock(out_dir, enabled=world.is_main):
         state = check_folder(out_dir, config, resume)
         if state == "finished":
             return RunResult(out_dir, json.loads((out_dir / SUMMARY).read_text()), skipped=True)
-        return _train(config, out_dir, data, world, resuming=state == "interrupted")
+        try:
+            return _train(config, out_dir, data, world, resuming=state == "interrupted")
+        except AnymaskError:
+            if state == "new" and world.is_main:
+                _remove_unstarted(out_dir)
+            raise
+
+
+def _remove_unstarted(out_dir: Path) -> None:
+    """A new run that failed before its first checkpoint leaves no folder behind: a half-made one would
+    block both a corrected command ('different config') and a rerun ('unfinished run')."""
+    if out_dir.is_dir() and not (out_dir / CHECKPOINT).exists():
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _train(
@@ -297,6 +339,8 @@ class _Run:
             trainer.load_state_dict(self.checkpoint["trainer"])
             history = self.checkpoint["history"]
             start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
+            if self.world.is_main:  # a kill between checkpoint and metrics left metrics one epoch short
+                self.write_metrics(history)
         else:
             for extension in trainer.extensions:
                 extension.start()
@@ -353,9 +397,13 @@ class _Run:
                     self.out_dir / CHECKPOINT,
                     {"epoch": epoch + 1, "trainer": trainer.state_dict(), "history": history},
                 )
-                atomic_write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+                self.write_metrics(history)
             barrier(self.world)
         bar.close()
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """metrics.jsonl from the history the checkpoint holds, so the two can never disagree."""
+        atomic_write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
     def epoch_record(self, trainer: Trainer, epoch: int, stats: Any, mask: Mask) -> dict[str, Any]:
         d = self.data
