@@ -132,7 +132,7 @@ def test_sweep_workers_import_the_factory_and_the_report_names_it(user_module: s
     """Workers are spawned processes: they find the module in the working directory too."""
     (tmp_path / "grid.toml").write_text(
         f'[base]\nmodel = "{user_module}:tiny"\ndata = "digits"\ntrain_subset = 64\nbatch_size = 32\n'
-        "epochs = 1\nthreads = 1\n[grid]\nsparsity = [0.5, 0.9]\n"
+        'epochs = 1\nthreads = 1\nmask_method = "random"\n[grid]\nsparsity = [0.5, 0.9]\n'
     )
     out = run_sweep(tmp_path / "grid.toml", out=tmp_path / "runs")
     summaries = [json.loads(p.read_text()) for p in out.glob("*/summary.json")]

@@ -272,7 +272,9 @@ def test_runs_kept_as_committed_files_are_skipped_and_new_ones_kept(
 ) -> None:
     """A new machine has no run folders, only the small files committed under a kept folder: those runs
     are not trained again, and each run the sweep finishes adds its small files there."""
-    base = BASE.replace("epochs = 3", "epochs = 1")
+    base = BASE.replace("epochs = 3", "epochs = 1").replace(
+        "sparsity = 0.9", 'sparsity = 0.9\nmask_method = "random"'
+    )
     grid = "[grid]\nseed = [0, 1]\n"
     kept = tmp_path / "docs" / "runs"
     first = sweep_file(tmp_path, f'kept = "{kept}"\n' + base + "[grid]\nseed = [0]\n", "first.toml")

@@ -93,9 +93,9 @@ def registry_model(name: str, data: str, width: float, weights: Path | None = No
 USUAL_DATA = {"cnn": "digits"}
 
 
-def model_for_mask(mask: Mask, name: str, width: float) -> nn.Module:
+def model_for_mask(mask: Mask, name: str, width: float) -> tuple[nn.Module, str]:
     """The registry model built for the first dataset (the model's usual one first) whose input channels
-    and classes give the mask's layer shapes."""
+    and classes give the mask's layer shapes, and that dataset's name."""
     first = USUAL_DATA.get(name, "cifar10")
     for data in [first, *(d for d in DATASET_SHAPES if d != first)]:
         model = registry_model(name, data, width)
@@ -103,7 +103,7 @@ def model_for_mask(mask: Mask, name: str, width: float) -> nn.Module:
             mask.check_fits(model)
         except AnymaskError:
             continue
-        return model
+        return model, data
     raise AnymaskError(
         f"the mask does not fit model '{name}' (width {width:g}) for any dataset "
         f"({', '.join(DATASET_SHAPES)}); check --model and --width"
@@ -127,10 +127,13 @@ def inspect_mask(
     mask = Mask.load(path)
     model = None
     if model_name:
-        model = registry_model(model_name, data, width) if data else model_for_mask(mask, model_name, width)
+        if data:
+            model = registry_model(model_name, data, width)
+        else:
+            model, data = model_for_mask(mask, model_name, width)
     rows = inspect_rows(mask, model)
     # Effective density needs the model's wiring: without --model the column shows "-".
-    links = connectivity(model, mask, DATASET_SHAPES[data][0]) if model is not None else None
+    links = connectivity(model, mask, DATASET_SHAPES[data][0]) if model is not None and data else None
     effective = {layer.name: layer.effective_density for layer in links.layers} if links else {}
     headers = ["layer", "shape", "kept", "total", "density", "effective", "collapse", "gap", "weighted gap"]
     table = [
