@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
+import quick_runs
 from anymask.config import RunConfig
 from anymask.dst import DstConfig, DynamicSparsity, UpdateSchedule
 from anymask.dst.updater import dst_seed
@@ -27,15 +28,8 @@ from anymask.train import run_experiment
 from anymask.train.trainer import Trainer
 
 QUICK = {
-    "model": "cnn",
-    "data": "digits",
-    "train_subset": 256,
-    "epochs": 3,
-    "batch_size": 64,  # 4 steps per epoch
-    "lr": 0.05,
-    "progress": False,
-    "threads": 1,
-    "eval_batch_size": 512,
+    **quick_runs.QUICK,
+    "epochs": 3,  # 4 steps per epoch
     "mask_method": "erk",
     "sparsity": 0.9,
     "dst_interval": 3,
@@ -44,7 +38,7 @@ QUICK = {
 
 
 def quick_config(**overrides: object) -> RunConfig:
-    return RunConfig.from_flat({**QUICK, **overrides})
+    return quick_runs.quick_config(**{**QUICK, **overrides})
 
 
 # -- a reference of the documented rule, written as plainly as possible ---------------------------------

@@ -23,22 +23,7 @@ from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 from anymask.train import run_experiment
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-
-QUICK = {
-    "model": "cnn",
-    "data": "digits",
-    "train_subset": 256,
-    "epochs": 2,
-    "batch_size": 64,
-    "lr": 0.05,
-    "progress": False,
-    "threads": 1,
-    "eval_batch_size": 512,
-}
-
-
-def quick_config(**overrides: object) -> RunConfig:
-    return RunConfig.from_flat({**QUICK, **overrides})
+from quick_runs import quick_config
 
 
 class Plant:

@@ -21,22 +21,7 @@ from anymask.models import create_model
 from anymask.train import run_experiment
 from anymask.train.lock import run_folder_lock
 from anymask.train.lr import lr_at
-
-QUICK = {
-    "model": "cnn",
-    "data": "digits",
-    "train_subset": 256,
-    "epochs": 2,
-    "batch_size": 64,
-    "lr": 0.05,
-    "progress": False,
-    "threads": 1,
-    "eval_batch_size": 512,
-}
-
-
-def quick_config(**overrides) -> RunConfig:
-    return RunConfig.from_flat({**QUICK, **overrides})
+from quick_runs import QUICK, quick_config
 
 
 def test_run_folder_holds_everything(tmp_path: Path) -> None:
