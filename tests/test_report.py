@@ -381,3 +381,33 @@ def test_gains_pooled_over_masks_pair_on_mask_and_seed(tmp_path: Path) -> None:
         pytest.approx(100 * (mean + half)),
     )
     assert (tmp_path / "report" / "gain_vs_sparsity_cnn_digits.png").is_file()
+
+
+def test_metric_val_reports_validation_accuracy_and_no_test_accuracy(tmp_path: Path) -> None:
+    """Settings are chosen on validation: with --metric val every accuracy is the validation one."""
+    for recipe, val in (("default", (0.50, 0.62, 0.60)), ("tost", (0.55, 0.58, 0.66))):
+        folder = make_run(tmp_path / "runs", "erk", 0.98, recipe, 0, 0.777, 0.888)
+        records = [
+            {"epoch": e + 1, "test_acc": 0.999, "val_acc": acc, "seconds": 1.0} for e, acc in enumerate(val)
+        ]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    make_run(tmp_path / "runs", "erk", 0.98, "ls", 0, 0.7, 0.7)  # no validation split: skipped, said so
+    with pytest.warns(UserWarning, match="no validation accuracy"):
+        write_report([tmp_path / "runs"], tmp_path / "report", metric="val")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Validation accuracy (%)" in markdown and "no test accuracy is shown" in markdown
+    assert table_cells(markdown)[2] == [
+        "erk",
+        "98%",
+        "60.00 (1)",
+        "62.00 (1)",
+        "66.00 (1)",
+        "66.00 (1)",
+        "+6.00 (1)",
+    ]
+    for hidden in ("77.70", "88.80", "99.90"):
+        assert hidden not in markdown
+    rows = read_csv(tmp_path / "report" / "results.csv")
+    assert float(rows[1]["final_val_acc_mean"]) == pytest.approx(0.66)
+    with pytest.raises(AnymaskError, match="unknown --metric 'train'"):
+        write_report([tmp_path / "runs"], tmp_path / "bad", metric="train")

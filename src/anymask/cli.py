@@ -178,7 +178,13 @@ def sweep_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from anymask.experiments.report import write_report
 
-    write_report([Path(d) for d in args.dirs], Path(args.out), keep_runs=args.keep_runs, only=args.only or [])
+    write_report(
+        [Path(d) for d in args.dirs],
+        Path(args.out),
+        keep_runs=args.keep_runs,
+        only=args.only or [],
+        metric=args.metric,
+    )
     return 0
 
 
@@ -268,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keep runs with this setting (repeat: --only recipe=default --only recipe=tost); "
         "runs that never read KEY are kept",
+    )
+    report.add_argument(
+        "--metric",
+        choices=["test", "val"],
+        default="test",
+        help="whose accuracy the tables hold: test, or val (runs with --val-split; for choosing settings, "
+        "no test accuracy is shown) (default: test)",
     )
     report.add_argument(
         "--keep-runs",

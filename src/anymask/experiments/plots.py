@@ -101,8 +101,8 @@ def accuracy_vs_sparsity(table: Table) -> Figure | None:
         _dense_reference(ax, table)
         ax.set_title(mask)
         _sparsity_axis(ax, sparsities)
-    title = f"{table.title}: final test accuracy vs sparsity (mean ± std over seeds)"
-    _finish(figure, axes, title, "final test accuracy (%)")
+    title = f"{table.title}: final {table.metric} accuracy vs sparsity (mean ± std over seeds)"
+    _finish(figure, axes, title, f"final {table.metric} accuracy (%)")
     return figure
 
 
@@ -113,8 +113,8 @@ def _methods_in_one_panel(table: Table, masks: list[str], sparsities: list[float
         _accuracy_line(ax, table, mask, recipe, sparsities, label=mask, color=COLORS[i % len(COLORS)])
     _dense_reference(ax, table)
     _sparsity_axis(ax, sparsities)
-    title = f"{table.title}, recipe {recipe}: final test accuracy vs sparsity per mask method"
-    _finish(figure, [ax], title, "final test accuracy (%)")
+    title = f"{table.title}, recipe {recipe}: final {table.metric} accuracy vs sparsity per mask method"
+    _finish(figure, [ax], title, f"final {table.metric} accuracy (%)")
     return figure
 
 
@@ -198,7 +198,10 @@ def gain_vs_sparsity(table: Table) -> Figure | None:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"{recipe} − {reference}")
         _sparsity_axis(ax, sparsities)
-    title = f"{table.title}: paired gain in final test accuracy, pooled over masks (95% confidence interval)"
+    title = (
+        f"{table.title}: paired gain in final {table.metric} accuracy, pooled over masks "
+        "(95% confidence interval)"
+    )
     _finish(figure, axes, title, "gain (points)")
     return figure
 
@@ -244,8 +247,8 @@ def learning_curves(table: Table) -> Figure:
         ax.set_title(mask if mask == "dense" else f"{mask}, {sparsity_label(sparsity)} sparse")
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    title = f"{table.title}: test accuracy during training (mean over seeds)"
-    _finish(figure, axes, title, "test accuracy (%)")
+    title = f"{table.title}: {table.metric} accuracy during training (mean over seeds)"
+    _finish(figure, axes, title, f"{table.metric} accuracy (%)")
     return figure
 
 

@@ -175,6 +175,7 @@ class Table:
     data: str
     setting: str  # "lr=0.05" when the collected runs vary in settings beyond the axes; else ""
     groups: list[Group]
+    metric: str = "test"  # whose accuracy the table holds: "test", or "validation" (report --metric val)
 
     @property
     def title(self) -> str:
@@ -232,7 +233,7 @@ class Table:
 
 
 # -- collecting ----------------------------------------------------------------------------------------
-def collect_runs(dirs: Iterable[Path]) -> list[Run]:
+def collect_runs(dirs: Iterable[Path], metric: str = "test") -> list[Run]:
     """Every finished run folder under `dirs` (searched recursively), each config once."""
     folders = sorted({p.parent.resolve() for d in dirs for p in _summary_files(Path(d))})
     runs: dict[str, Run] = {}
@@ -242,7 +243,7 @@ def collect_runs(dirs: Iterable[Path]) -> list[Run]:
             warnings.warn(f"skipping {folder}: it has {SUMMARY} but no {' or '.join(missing)}", stacklevel=2)
             continue
         try:
-            run = read_run(folder)
+            run = read_run(folder, metric)
         except (
             ValueError,
             KeyError,
@@ -264,15 +265,41 @@ def _summary_files(path: Path) -> list[Path]:
     return sorted(path.rglob(SUMMARY))
 
 
-def read_run(folder: Path) -> Run:
-    """A finished run folder; a damaged file raises (ValueError for bad text or JSON, KeyError...)."""
+def read_run(folder: Path, metric: str = "test") -> Run:
+    """A finished run folder; a damaged file raises (ValueError for bad text or JSON, KeyError...).
+
+    With `metric` "val" the run's accuracies are its validation ones, read from its per-epoch records
+    into the places the report reads (final, best, the curve): settings are chosen on validation
+    without the test accuracies appearing anywhere in the report.
+    """
     summary = json.loads((folder / SUMMARY).read_text())
     if not isinstance(summary, dict) or not summary.keys() >= REQUIRED_SUMMARY:
         raise ValueError(f"{SUMMARY} is not an anymask summary")
     settings = load_run_config(folder / CONFIG).read_settings()
-    lines = (folder / METRICS).read_text().splitlines()
-    curve = [json.loads(line)["test_acc"] for line in lines if line.strip()]
-    return Run(folder, summary, settings, curve)
+    records = [json.loads(line) for line in (folder / METRICS).read_text().splitlines() if line.strip()]
+    if metric == "test":
+        return Run(folder, summary, settings, [r["test_acc"] for r in records])
+    if not all("val_acc" in r for r in records):
+        raise ValueError("it has no validation accuracy (trained without --val-split)")
+    return Run(folder, validation_summary(summary, records), settings, [r["val_acc"] for r in records])
+
+
+# `report --metric` values and the words the tables use for them.
+METRICS_READ = {"test": "test", "val": "validation"}
+
+
+def validation_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary with validation accuracies in the test accuracies' places (and no test accuracy left):
+    the best epoch is chosen, as for test, among epochs without ghost parts in the model."""
+    final_model = [r for r in records if not r.get("ghost_phase")] or records
+    best = max(final_model, key=lambda r: r["val_acc"])
+    test_keys = {"final_test_acc", "best_test_acc", "best_test_epoch", "test_acc_at_best_val"}
+    return {
+        **{k: v for k, v in summary.items() if k not in test_keys},
+        "final_test_acc": records[-1]["val_acc"],
+        "best_test_acc": best["val_acc"],
+        "best_test_epoch": best["epoch"],
+    }
 
 
 def unreadable_reason(error: Exception) -> str:
@@ -288,7 +315,7 @@ def unreadable_reason(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def build_tables(runs: Sequence[Run]) -> list[Table]:
+def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
     """Group runs by everything but the seed, and groups into tables by model, data and other settings.
 
     A run joins every table whose settings it agrees with: a default-protocol run, which reads no recipe
@@ -309,7 +336,9 @@ def build_tables(runs: Sequence[Run]) -> list[Table]:
             by_group.setdefault(key, []).append(run)
     for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
         members.sort(key=lambda r: r.summary["seed"])
-        table = tables.setdefault((model, data, setting), Table(model, data, setting, []))
+        table = tables.setdefault(
+            (model, data, setting), Table(model, data, setting, [], METRICS_READ[metric])
+        )
         table.groups.append(Group(mask, sparsity, recipe, members))
     for table in tables.values():
         table.groups.sort(key=lambda g: (mask_order(g.mask), g.sparsity, recipe_order(g.recipe)))
@@ -391,7 +420,8 @@ def table_markdown(table: Table) -> str:
     epochs = {run.summary["epochs"] for g in table.groups for run in g.runs}
     after = f" after {epochs.pop()} epochs" if len(epochs) == 1 else ""
     legend = (
-        f"Test accuracy (%){after}: final and best epoch, mean ± std over seeds (number of seeds). "
+        f"{table.metric.capitalize()} accuracy (%){after}: final and best epoch, mean ± std over seeds "
+        "(number of seeds). "
         f"Gain: final accuracy minus `{BASELINE}` on the same mask, sparsity and seeds (points), "
         "with its 95% confidence interval (Student t over the paired differences) and the number of pairs."
     )
@@ -413,7 +443,8 @@ def pooled_gains_markdown(table: Table) -> str:
         return ""
     header = ["sparsity", *(f"{r} − {ref}" for r, ref in table.recipe_pairs)]
     legend = (
-        "Paired gain in final test accuracy (points), pooled over the masks of each sparsity: mean of the "
+        f"Paired gain in final {table.metric} accuracy (points), pooled over the masks of each sparsity: "
+        "mean of the "
         "differences on the same mask and seed, 95% confidence interval, number of pairs."
     )
     return f"{legend}\n\n{markdown_table(header, rows)}\n"
@@ -466,7 +497,7 @@ def accuracy_matrix_markdown(table: Table) -> str:
             if any(groups):
                 cells = [g.final_cell() if g else "–" for g in groups]
                 rows.append([mask, *([recipe] if several_recipes else []), *cells])
-    return f"Final test accuracy (%) by sparsity:\n\n{markdown_table(header, rows)}\n"
+    return f"Final {table.metric} accuracy (%) by sparsity:\n\n{markdown_table(header, rows)}\n"
 
 
 def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
@@ -505,6 +536,8 @@ def results_csv(tables: Sequence[Table]) -> str:
         "final_gain_ci_high",
         "collapsed_layers",
     ]
+    if tables and tables[0].metric != "test":  # accuracies read from the validation split
+        header = [name.replace("test_acc", "val_acc") for name in header]
     rows = [_csv_row(table, group) for table in tables for group in table.groups]
     return _csv_text(header, rows)
 
@@ -597,23 +630,31 @@ def keep_matching(runs: Sequence[Run], filters: dict[str, list[Any]]) -> list[Ru
 
 
 def write_report(
-    dirs: Sequence[Path], out: Path, *, keep_runs: bool = False, only: Sequence[str] = ()
+    dirs: Sequence[Path],
+    out: Path,
+    *,
+    keep_runs: bool = False,
+    only: Sequence[str] = (),
+    metric: str = "test",
 ) -> list[Path]:
     """Write report.md, results.csv, timings.csv and the plots into `out`; print the tables and paths.
 
     `keep_runs` also copies each run's small files (config, per-epoch metrics, summary) into
     `out/runs/<hash>/`: a report folder that can be committed and rebuilt from itself, without the
-    weights and checkpoints the run folders hold.
+    weights and checkpoints the run folders hold. `metric` "val" reports validation accuracy instead of
+    test accuracy (runs trained with a validation split), for choosing settings.
     """
+    if metric not in METRICS_READ:
+        raise AnymaskError(f"unknown --metric '{metric}'; use test or val")
     filters = parse_filters(only)
     check_output_folder(out)
-    runs = keep_matching(collect_runs(dirs), filters)
+    runs = keep_matching(collect_runs(dirs, metric), filters)
     if not runs:
         which = f" matching {' '.join(f'--only {o}' for o in only)}" if only else ""
         raise AnymaskError(
             f"no finished runs (folders with {SUMMARY}){which} under {', '.join(map(str, dirs))}"
         )
-    tables = build_tables(runs)
+    tables = build_tables(runs, metric)
     out.mkdir(parents=True, exist_ok=True)
     if keep_runs:
         keep_run_files(runs, out / "runs")
@@ -621,7 +662,8 @@ def write_report(
     sections = [
         table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug]) for t in tables
     ]
-    markdown = f"# anymask report\n\n{len(runs)} finished runs.\n\n" + "\n".join(sections)
+    which = "" if metric == "test" else " Accuracies are on the validation split; no test accuracy is shown."
+    markdown = f"# anymask report\n\n{len(runs)} finished runs.{which}\n\n" + "\n".join(sections)
     written = {
         out / "report.md": markdown,
         out / "results.csv": results_csv(tables),
