@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from anymask import config as config_module
-from anymask.config import RunConfig, load_run_config
+from anymask.config import RunConfig, load_run_config, save_config, saved_model_revision
+from anymask.errors import AnymaskError
 
 # The settings of the committed evidence runs (docs/results/evidence/runs).
 EVIDENCE = {
@@ -84,3 +85,23 @@ def test_vgg16_runs_hash_the_architecture_revision_and_the_init_only_when_not_de
     resnet = RunConfig.from_flat(EVIDENCE)
     assert "init" not in resnet.hashed_settings()
     assert resnet.updated({"init": "kaiming_fan_in"}).hash() != resnet.hash()
+
+
+def test_a_folder_of_the_old_vgg16_is_never_taken_for_the_new_one(tmp_path: Path) -> None:
+    """The revision is saved with the config; a folder without it trained revision 1 and is refused."""
+    from anymask.train.run import check_folder
+
+    config = RunConfig.from_flat({**EVIDENCE, "model": "vgg16"})
+    folder = tmp_path / "run"
+    folder.mkdir()
+    save_config(config, folder / "config.json")
+    (folder / "summary.json").write_text("{}")
+    assert json.loads((folder / "config.json").read_text())["model_revision"] == 2
+    assert saved_model_revision(folder / "config.json") == 2
+    assert check_folder(folder, config, resume=False) == "finished"
+    old = json.loads((folder / "config.json").read_text())
+    del old["model_revision"]
+    (folder / "config.json").write_text(json.dumps({**old, "start_step": 4}))  # lth rewinds add this
+    assert load_run_config(folder / "config.json").hash() == config.hash()  # top-level extras are skipped
+    with pytest.raises(AnymaskError, match="older vgg16 architecture \\(revision 1\\)"):
+        check_folder(folder, config, resume=False)

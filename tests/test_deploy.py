@@ -185,6 +185,31 @@ def test_cli_export_of_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(err) == 2 and "run folder not found" in err[0] and "has not finished" in err[1]
 
 
+def test_export_refuses_a_factory_model_and_a_tost_official_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A factory named in a run folder is never imported (a canary module would run), and a model with
+    permanent extra parts is refused rather than exported without them; each in one line."""
+    (tmp_path / "canary_factory.py").write_text(
+        f"open({str(tmp_path / 'ran')!r}, 'w').close()\ndef build(c, s, w):\n    raise SystemExit\n"
+    )
+    monkeypatch.chdir(tmp_path)  # where factories are imported from
+    torch.manual_seed(0)
+    model = create_model("cnn", 10, (1, 8, 8), 0.25)
+    mask = make_mask(model, MaskConfig(mask_method="random", sparsity=0.9))
+    run = _fake_run(tmp_path / "plain", model, mask, "cnn", "digits")
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["model"] = "canary_factory:build"
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["export", str(run), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "x.safetensors").exists()
+    official = _fake_run(tmp_path / "official", model, mask, "cnn", "digits")
+    (official / "summary.json").write_text(json.dumps({"plain_architecture": False}))
+    assert main(["export", str(official), "--out", str(tmp_path / "y.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "does not import code" in err[0] and "tost-official run" in err[1]
+
+
 # -- kernels --------------------------------------------------------------------------------------------
 @numba_only
 @settings(max_examples=25, deadline=None)

@@ -312,15 +312,25 @@ def parse_file(path: Path) -> Any:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    """The resolved config as JSON (sections), written atomically."""
+    """The resolved config as JSON (sections), written atomically; a model whose architecture changed
+    since runs were made also gets its revision (`MODEL_REVISIONS`), so the folder says which it trained."""
     from anymask.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")
+    data: dict[str, Any] = config.to_dict()
+    if config.model.model in MODEL_REVISIONS:
+        data["model_revision"] = MODEL_REVISIONS[config.model.model]
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def load_run_config(path: Path) -> RunConfig:
     """A saved config; a setting it predates takes the value it trained with (`ADDED_SETTINGS`), which
-    is not always today's default (prune_bn_mode: saved runs scored in 'train', the default is 'eval')."""
+    is not always today's default (prune_bn_mode: saved runs scored in 'train', the default is 'eval').
+    Top-level entries that are not sections (`start_step`, `model_revision`) are not settings."""
     data = json.loads(Path(path).read_text())
-    flat = {k: v for section in data.values() for k, v in section.items()}
+    flat = {k: v for section in data.values() if isinstance(section, dict) for k, v in section.items()}
     return RunConfig.from_flat({**ADDED_SETTINGS, **flat})
+
+
+def saved_model_revision(path: Path) -> int:
+    """The architecture revision a saved run trained (1: before its model was first changed)."""
+    return int(json.loads(Path(path).read_text()).get("model_revision", 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def read_run(run_dir: str | Path) -> TrainedRun:
         state = load_file(str(weights))
     except Exception as error:
         raise AnymaskError(f"cannot read the run in {run_dir}: {str(error).splitlines()[0][:200]}") from None
+    check_exportable(run_dir, config.model.model)
     mask = Mask.load(run_dir / "mask.safetensors")
     shape = INPUT_SHAPES.get(config.data.data)
     if shape is None:
@@ -70,6 +72,23 @@ def read_run(run_dir: str | Path) -> TrainedRun:
             f"{weights} does not load into {spec.model}: {str(error).splitlines()[0][:200]}"
         ) from None
     return run
+
+
+def check_exportable(run_dir: Path, model_name: str) -> None:
+    """Refuse, in one line, a run whose model anymask cannot rebuild without running code or losing parts."""
+    from anymask.models.factory import is_factory_name
+
+    if is_factory_name(model_name):
+        raise AnymaskError(
+            f"{run_dir} trained your model factory {model_name}: anymask does not import code a run folder "
+            "names; build the model yourself and call anymask.deploy.export_model(model, out, mask)"
+        )
+    summary = run_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("plain_architecture") is False:
+        raise AnymaskError(
+            f"{run_dir} is a tost-official run: its model keeps dense skip branches and smooth activations "
+            "beyond the plain architecture, which export and sparse inference do not cover"
+        )
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> ExportResult:

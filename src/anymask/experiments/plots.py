@@ -331,9 +331,13 @@ def densities(table: Table) -> Figure | None:
 
 
 def _model_order(table: Table, names: set[str]) -> list[str]:
-    """Layer names in the model's own order (mask files store them alphabetically)."""
+    """Layer names in the model's own order (mask files store them alphabetically); alphabetical for a
+    user's factory, which a report never imports (nothing anymask reads runs code)."""
     from anymask.models import create_model
+    from anymask.models.factory import is_factory_name
 
+    if is_factory_name(table.model):
+        return sorted(names)
     settings = table.groups[0].runs[0].settings
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = create_model(table.model, 10, (3, 32, 32), settings.get("width", 1.0))

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from anymask.config import coerce, load_run_config, section_of
+from anymask.config import MODEL_REVISIONS, coerce, load_run_config, saved_model_revision, section_of
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text, check_output_folder
 
@@ -276,6 +276,8 @@ def read_run(folder: Path, metric: str = "test") -> Run:
     if not isinstance(summary, dict) or not summary.keys() >= REQUIRED_SUMMARY:
         raise ValueError(f"{SUMMARY} is not an anymask summary")
     settings = load_run_config(folder / CONFIG).read_settings()
+    if summary.get("model") in MODEL_REVISIONS:  # an older architecture's runs never share its cells
+        settings["model_revision"] = saved_model_revision(folder / CONFIG)
     records = [json.loads(line) for line in (folder / METRICS).read_text().splitlines() if line.strip()]
     if metric == "test":
         return Run(folder, summary, settings, [r["test_acc"] for r in records])

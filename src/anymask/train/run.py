@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from anymask.config import RunConfig, load_run_config, save_config
+from anymask.config import MODEL_REVISIONS, RunConfig, load_run_config, save_config, saved_model_revision
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
@@ -140,9 +140,15 @@ def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
         )
     if state in {"interrupted", "finished"}:
         saved = load_run_config(out_dir / CONFIG)
+        revision = saved_model_revision(out_dir / CONFIG)
+        if revision != MODEL_REVISIONS.get(config.model.model, 1):
+            raise AnymaskError(
+                f"{out_dir} holds a run of an older {config.model.model} architecture (revision {revision}); "
+                "choose another --out"
+            )
         if saved.hash() != config.hash():
             changed = [k for k, v in config.to_flat().items() if saved.to_flat()[k] != v]
-            differ = ", ".join(changed[:5]) or "the model's architecture revision"
+            differ = ", ".join(changed[:5])
             raise AnymaskError(
                 f"{out_dir} holds a run with a different config ({differ} differ); choose another --out"
             )
@@ -438,7 +444,10 @@ class _Run:
         # Permanent parts (tost-official) leave a model that is not the plain architecture: say so.
         architecture = trainer.recipe.architecture()
         summary = {**summarize(self.config, mask, history, trainer.model), **architecture}
-        summary.update(connectivity_summary(trainer.model, mask, self.data.input_shape))
+        if self.world.is_main:  # of the plain architecture: permanent parts (tost-official) add paths
+            with torch.random.fork_rng(devices=[]):
+                plain = self.new_model()
+            summary.update(connectivity_summary(plain, mask, self.data.input_shape))
         for extension in trainer.extensions:
             summary.update(extension.summary())
             extension.finish()
