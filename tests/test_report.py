@@ -336,23 +336,25 @@ def test_paired_gain_interval_is_student_t_over_the_differences() -> None:
 
 
 def test_gains_pooled_over_masks_pair_on_mask_and_seed(tmp_path: Path) -> None:
-    """Two masks x three seeds: the pooled gain is the t interval over all six paired differences, and
-    every pair of recipes is compared (tost against gsn too), each in the table and the gain plot."""
+    """Two masks x three seeds: the pooled gain is the t interval over all six paired differences. Each
+    arm is compared with default and with the arm it extends (tost+rigl, a RigL run of the tost recipe,
+    against tost), in the table and the gain plot."""
     root = tmp_path / "runs"
     finals = {
         ("erk", "default"): (0.60, 0.62, 0.61),
-        ("erk", "gsn"): (0.61, 0.62, 0.60),
+        ("erk", "tost+rigl"): (0.61, 0.62, 0.60),
         ("erk", "tost"): (0.62, 0.63, 0.64),
         ("snip", "default"): (0.55, 0.56, 0.54),
-        ("snip", "gsn"): (0.55, 0.57, 0.56),
+        ("snip", "tost+rigl"): (0.55, 0.57, 0.56),
         ("snip", "tost"): (0.58, 0.56, 0.57),
     }
-    for (mask, recipe), values in finals.items():
+    for (mask, arm), values in finals.items():
+        recipe, _, dst = arm.partition("+")
         for seed, final in enumerate(values):
-            make_run(root, mask, 0.98, recipe, seed, final, final)
+            make_run(root, mask, 0.98, recipe, seed, final, final, **({"dst": dst} if dst else {}))
     write_report([root], tmp_path / "report")
     table = build_tables(collect_runs([root]))[0]
-    assert table.recipe_pairs == [("gsn", "default"), ("tost", "default"), ("tost", "gsn")]
+    assert table.recipe_pairs == [("tost", "default"), ("tost+rigl", "default"), ("tost+rigl", "tost")]
     differences = [0.02, 0.01, 0.03, 0.03, 0.0, 0.03]  # tost - default: erk seeds 0-2, snip seeds 0-2
     mean, sd = statistics.fmean(differences), statistics.stdev(differences)
     half = 2.570582 * sd / 6**0.5  # t(0.975, 5)
@@ -361,9 +363,9 @@ def test_gains_pooled_over_masks_pair_on_mask_and_seed(tmp_path: Path) -> None:
     assert pooled.half_width == pytest.approx(half, rel=1e-5)
     markdown = (tmp_path / "report" / "report.md").read_text()
     pooled_table = next(t for t in tables_cells(markdown) if t[0][0] == "sparsity")
-    assert pooled_table[0] == ["sparsity", "gsn − default", "tost − default", "tost − gsn"]
+    assert pooled_table[0] == ["sparsity", "tost − default", "tost+rigl − default", "tost+rigl − tost"]
     expected = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] (6)"
-    assert pooled_table[2][0] == "98%" and pooled_table[2][2] == expected
+    assert pooled_table[2][0] == "98%" and pooled_table[2][1] == expected
     rows = {(r["mask"], r["recipe"]): r for r in read_csv(tmp_path / "report" / "results.csv")}
     erk = [0.02, 0.01, 0.03]
     erk_half = 4.302653 * statistics.stdev(erk) / 3**0.5
@@ -372,8 +374,8 @@ def test_gains_pooled_over_masks_pair_on_mask_and_seed(tmp_path: Path) -> None:
     assert float(erk_tost["final_gain_ci_high"]) == pytest.approx(0.02 + erk_half, abs=1e-6)
     figure = gain_vs_sparsity(table)
     panels = [ax for ax in figure.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in panels] == ["gsn − default", "tost − default", "tost − gsn"]
-    bars = panels[1].containers[0]  # the pooled errorbar: its line holds the mean, its bars the interval
+    assert [ax.get_title() for ax in panels] == ["tost − default", "tost+rigl − default", "tost+rigl − tost"]
+    bars = panels[0].containers[0]  # the pooled errorbar: its line holds the mean, its bars the interval
     assert bars.lines[0].get_ydata()[0] == pytest.approx(100 * mean)
     segment = bars.lines[2][0].get_segments()[0]
     assert (segment[0][1], segment[1][1]) == (

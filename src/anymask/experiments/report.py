@@ -49,7 +49,7 @@ KEPT_FILES = (CONFIG, METRICS, SUMMARY, "gradinit_scales.json")  # small, and en
 MASK, LAYER_DENSITIES = "mask.safetensors", "layer_densities.json"
 BASELINE = "default"
 # Run settings that are table axes (or identify a mask file) rather than a setting that splits tables.
-AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "seed"})
+AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "dst", "seed"})
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ class Run:
         """Mask method, or the mask file's name for runs trained on a saved mask."""
         file = self.settings.get("mask_file")
         return f"file:{Path(file).stem}" if file else self.summary["mask_method"]
+
+    @property
+    def arm(self) -> str:
+        """The training protocol the tables compare: the recipe, joined by the mask's evolution when it
+        has one ('tost+rigl'), so static, SET and RigL runs of a mask sit side by side in one table."""
+        dst = self.settings.get("dst", "none")
+        return self.summary["recipe"] + ("" if dst == "none" else f"+{dst}")
 
     @cached_property
     def layer_densities(self) -> dict[str, float] | None:
@@ -214,12 +221,13 @@ class Table:
 
     @cached_property
     def recipe_pairs(self) -> list[tuple[str, str]]:
-        """(recipe, reference) pairs to compare: each recipe against `default` first, then against each
-        other recipe listed before it (tost-official against tost says what temporary ghosts cost)."""
+        """(recipe, reference) pairs to compare: each recipe against `default` first, then each against
+        every recipe whose name it extends: tost-official against tost says what temporary ghosts cost,
+        tost+rigl against tost what an evolving mask adds to the recipe."""
         recipes = self.recipes
         pairs = [(r, BASELINE) for r in recipes if r != BASELINE and BASELINE in recipes]
         others = [r for r in recipes if r != BASELINE]
-        return pairs + [(b, a) for i, a in enumerate(others) for b in others[i + 1 :]]
+        return pairs + [(b, a) for a in others for b in others if b.startswith((f"{a}+", f"{a}-"))]
 
     def pooled_gain(self, recipe: str, reference: str, sparsity: float, key: str) -> Gain | None:
         """`recipe` minus `reference` over every mask of a sparsity, paired on (mask, seed); None when
@@ -334,7 +342,7 @@ def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
             if any(combo.get(k, v) != v for k, v in settings[id(run)].items()):
                 continue
             setting = ", ".join(f"{key}={value}" for key, value in combo.items())
-            key = (s["model"], s["data"], setting, run.mask, s["sparsity"], s["recipe"])
+            key = (s["model"], s["data"], setting, run.mask, s["sparsity"], run.arm)
             by_group.setdefault(key, []).append(run)
     for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
         members.sort(key=lambda r: r.summary["seed"])
