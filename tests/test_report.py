@@ -411,5 +411,40 @@ def test_metric_val_reports_validation_accuracy_and_no_test_accuracy(tmp_path: P
         assert hidden not in markdown
     rows = read_csv(tmp_path / "report" / "results.csv")
     assert float(rows[1]["final_val_acc_mean"]) == pytest.approx(0.66)
-    with pytest.raises(AnymaskError, match="unknown --metric 'train'"):
-        write_report([tmp_path / "runs"], tmp_path / "bad", metric="train")
+    with pytest.raises(AnymaskError, match="unknown --metric 'loss'; use test, val, train"):
+        write_report([tmp_path / "runs"], tmp_path / "bad", metric="loss")
+
+
+def test_metric_train_pairs_final_training_accuracies_with_their_interval(tmp_path: Path) -> None:
+    """--metric train: does a recipe fit the training images better? Final training accuracies, paired
+    per mask and seed; the best epoch is chosen among epochs without ghost parts in the model."""
+    train_curves = {
+        ("default", 0): (0.40, 0.50, 0.60),
+        ("default", 1): (0.40, 0.52, 0.62),
+        ("tost", 0): (0.90, 0.55, 0.61),  # epoch 1 is inside the ghost phase: never the best epoch
+        ("tost", 1): (0.90, 0.56, 0.65),
+    }
+    for (recipe, seed), curve in train_curves.items():
+        folder = make_run(tmp_path / "runs", "erk", 0.98, recipe, seed, 0.777, 0.888)
+        records = [
+            {"epoch": e + 1, "test_acc": 0.999, "train_acc": acc, "seconds": 1.0, "ghost_phase": e == 0}
+            for e, acc in enumerate(curve)
+        ]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_report([tmp_path / "runs"], tmp_path / "report", metric="train")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Training accuracy (%)" in markdown and "no test accuracy is shown" in markdown
+    # gains +1 and +3 points: mean +2, t(0.975, 1) = 12.706 times sd sqrt(2) / sqrt(2) = 12.706
+    assert table_cells(markdown)[2] == [
+        "erk",
+        "98%",
+        "61.00 ± 1.41 (2)",
+        "61.00 ± 1.41 (2)",
+        "63.00 ± 2.83 (2)",
+        "63.00 ± 2.83 (2)",
+        "+2.00 [-10.71, +14.71] (2)",
+    ]
+    for hidden in ("77.70", "88.80", "99.90", "90.00"):
+        assert hidden not in markdown
+    rows = read_csv(tmp_path / "report" / "results.csv")
+    assert float(rows[1]["final_train_acc_mean"]) == pytest.approx(0.63)

@@ -277,10 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--metric",
-        choices=["test", "val"],
+        choices=["test", "val", "train"],
         default="test",
-        help="whose accuracy the tables hold: test, or val (runs with --val-split; for choosing settings, "
-        "no test accuracy is shown) (default: test)",
+        help="whose accuracy the tables hold: test; val (runs with --val-split; for choosing settings, "
+        "no test accuracy is shown); or train (final training accuracy: does a recipe fit better?) "
+        "(default: test)",
     )
     report.add_argument(
         "--keep-runs",

@@ -182,7 +182,7 @@ class Table:
     data: str
     setting: str  # "lr=0.05" when the collected runs vary in settings beyond the axes; else ""
     groups: list[Group]
-    metric: str = "test"  # whose accuracy the table holds: "test", or "validation" (report --metric val)
+    metric: str = "test"  # whose accuracy the table holds: "test", "validation" or "training" (--metric)
 
     @property
     def title(self) -> str:
@@ -276,9 +276,10 @@ def _summary_files(path: Path) -> list[Path]:
 def read_run(folder: Path, metric: str = "test") -> Run:
     """A finished run folder; a damaged file raises (ValueError for bad text or JSON, KeyError...).
 
-    With `metric` "val" the run's accuracies are its validation ones, read from its per-epoch records
-    into the places the report reads (final, best, the curve): settings are chosen on validation
-    without the test accuracies appearing anywhere in the report.
+    With `metric` "val" ("train") the run's accuracies are its validation (training) ones, read from its
+    per-epoch records into the places the report reads (final, best, the curve): settings are chosen on
+    validation without the test accuracies appearing anywhere in the report, and training accuracy says
+    whether a recipe fits the training images better, where test accuracy alone cannot say why.
     """
     summary = json.loads((folder / SUMMARY).read_text())
     if not isinstance(summary, dict) or not summary.keys() >= REQUIRED_SUMMARY:
@@ -289,25 +290,32 @@ def read_run(folder: Path, metric: str = "test") -> Run:
     records = [json.loads(line) for line in (folder / METRICS).read_text().splitlines() if line.strip()]
     if metric == "test":
         return Run(folder, summary, settings, [r["test_acc"] for r in records])
-    if not all("val_acc" in r for r in records):
-        raise ValueError("it has no validation accuracy (trained without --val-split)")
-    return Run(folder, validation_summary(summary, records), settings, [r["val_acc"] for r in records])
+    key = RECORD_KEYS[metric]
+    if not all(key in r for r in records):
+        raise ValueError(MISSING_RECORD[metric])
+    return Run(folder, summary_from_records(summary, records, key), settings, [r[key] for r in records])
 
 
 # `report --metric` values and the words the tables use for them.
-METRICS_READ = {"test": "test", "val": "validation"}
+METRICS_READ = {"test": "test", "val": "validation", "train": "training"}
+# Where each metric other than test is read from a run's per-epoch records, and why a run may lack it.
+RECORD_KEYS = {"val": "val_acc", "train": "train_acc"}
+MISSING_RECORD = {
+    "val": "it has no validation accuracy (trained without --val-split)",
+    "train": "its per-epoch records have no training accuracy",
+}
 
 
-def validation_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary with validation accuracies in the test accuracies' places (and no test accuracy left):
-    the best epoch is chosen, as for test, among epochs without ghost parts in the model."""
+def summary_from_records(summary: dict[str, Any], records: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The summary with the per-epoch `key` accuracies in the test accuracies' places (and no test accuracy
+    left): the best epoch is chosen, as for test, among epochs without ghost parts in the model."""
     final_model = [r for r in records if not r.get("ghost_phase")] or records
-    best = max(final_model, key=lambda r: r["val_acc"])
+    best = max(final_model, key=lambda r: r[key])
     test_keys = {"final_test_acc", "best_test_acc", "best_test_epoch", "test_acc_at_best_val"}
     return {
         **{k: v for k, v in summary.items() if k not in test_keys},
-        "final_test_acc": records[-1]["val_acc"],
-        "best_test_acc": best["val_acc"],
+        "final_test_acc": records[-1][key],
+        "best_test_acc": best[key],
         "best_test_epoch": best["epoch"],
     }
 
@@ -546,8 +554,9 @@ def results_csv(tables: Sequence[Table]) -> str:
         "final_gain_ci_high",
         "collapsed_layers",
     ]
-    if tables and tables[0].metric != "test":  # accuracies read from the validation split
-        header = [name.replace("test_acc", "val_acc") for name in header]
+    if tables and tables[0].metric != "test":  # accuracies read from the validation split or training
+        short = {word: metric for metric, word in METRICS_READ.items()}[tables[0].metric]
+        header = [name.replace("test_acc", f"{short}_acc") for name in header]
     rows = [_csv_row(table, group) for table in tables for group in table.groups]
     return _csv_text(header, rows)
 
@@ -652,10 +661,11 @@ def write_report(
     `keep_runs` also copies each run's small files (config, per-epoch metrics, summary) into
     `out/runs/<hash>/`: a report folder that can be committed and rebuilt from itself, without the
     weights and checkpoints the run folders hold. `metric` "val" reports validation accuracy instead of
-    test accuracy (runs trained with a validation split), for choosing settings.
+    test accuracy (runs trained with a validation split), for choosing settings; "train" reports
+    training accuracy, to tell a recipe that fits better from one that generalises better.
     """
     if metric not in METRICS_READ:
-        raise AnymaskError(f"unknown --metric '{metric}'; use test or val")
+        raise AnymaskError(f"unknown --metric '{metric}'; use {', '.join(METRICS_READ)}")
     filters = parse_filters(only)
     check_output_folder(out)
     runs = keep_matching(collect_runs(dirs, metric), filters)
@@ -672,7 +682,12 @@ def write_report(
     sections = [
         table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug]) for t in tables
     ]
-    which = "" if metric == "test" else " Accuracies are on the validation split; no test accuracy is shown."
+    which = {
+        "test": "",
+        "val": " Accuracies are on the validation split; no test accuracy is shown.",
+        "train": " Accuracies are training accuracies (each epoch's training batches, as trained); no test"
+        " accuracy is shown.",
+    }[metric]
     markdown = f"# anymask report\n\n{len(runs)} finished runs.{which}\n\n" + "\n".join(sections)
     written = {
         out / "report.md": markdown,
