@@ -71,6 +71,16 @@ class ImageDataset:
 Loader = Callable[[Path], ImageDataset]
 DATASETS: Registry[Loader] = Registry("dataset")
 
+# Image shape and number of classes of each registered dataset, so a model is rebuilt without loading
+# its data: `inspect --model` and `export` run where the data is not on disk (the shape also decides
+# where VGG-style models keep their pools).
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+    "tinyimagenet": ((3, 64, 64), 200),
+}
+
 
 def not_found(name: str, expected: Path, folder: str) -> AnymaskError:
     """The one-line error for a dataset whose files are missing: where we looked and how to fix it."""

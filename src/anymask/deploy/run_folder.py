@@ -9,18 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anymask.data import DATASET_SHAPES
 from anymask.deploy.export import ExportResult, ModelSpec, export_state
 from anymask.errors import AnymaskError
 from anymask.masks import Mask
-
-INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
-    "digits": (1, 8, 8),
-    "cifar10": (3, 32, 32),
-    "cifar100": (3, 32, 32),
-    "tinyimagenet": (3, 64, 64),
-}
-"""Image shape of each registered dataset, so a model is rebuilt without loading its data (the shape
-decides where VGG-style models keep their pools)."""
 
 
 @dataclass
@@ -58,11 +50,11 @@ def read_run(run_dir: str | Path) -> TrainedRun:
         raise AnymaskError(f"cannot read the run in {run_dir}: {str(error).splitlines()[0][:200]}") from None
     check_exportable(run_dir, config.model.model)
     mask = Mask.load(run_dir / "mask.safetensors")
-    shape = INPUT_SHAPES.get(config.data.data)
-    if shape is None:
+    if config.data.data not in DATASET_SHAPES:
         raise AnymaskError(f"cannot export runs on dataset '{config.data.data}': its image shape is unknown")
     classifier = [v for k, v in state.items() if k.endswith("classifier.weight")]
     num_classes = int(classifier[-1].shape[0]) if classifier else 10
+    shape = DATASET_SHAPES[config.data.data][0]
     spec = ModelSpec(config.model.model, config.model.width, num_classes, shape)
     run = TrainedRun(state, mask, spec)
     try:

@@ -10,19 +10,12 @@ import torch
 from torch import nn
 
 from anymask.config import RunConfig
+from anymask.data import DATASET_SHAPES
 from anymask.errors import AnymaskError
 from anymask.io import check_output_file
 from anymask.masks import Mask
 from anymask.masks.analysis import compare, inspect_rows
 from anymask.masks.connectivity import connectivity
-
-# Input shape and classes of each dataset, so `inspect --model` needs no data on disk.
-DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
-    "digits": ((1, 8, 8), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "cifar100": ((3, 32, 32), 100),
-    "tinyimagenet": ((3, 64, 64), 200),
-}
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
