@@ -28,7 +28,7 @@ from anymask.recipe.base import check_choice
 from anymask.recipe.config import RecipeConfig
 from anymask.recipe.ghost_neurons import SOFT, GhostSoftNeuron, computes_relu
 from anymask.recipe.ghost_skips import free_shortcut, unit_rms
-from anymask.recipe.gradinit import SCALES_FILE
+from anymask.recipe.gradinit import SCALES_FILE, recalibrate_running_stats
 from anymask.recipe.label_smoothing import smoothed_cross_entropy, smoothed_targets
 from anymask.recipe.schedules import DEFAULT_GHOST_FRACTION, SHAPES, ghost_end, ramp
 
@@ -476,6 +476,38 @@ def test_gradinit_runs_through_installed_ghosts(digits: object) -> None:
             assert not param[~mask[name]].any()
     recipe.remove_ghosts()
     assert model.state_dict().keys() == fresh_keys and hooks_left(model) == 0
+
+
+def test_recalibration_reaches_batchnorms_outside_the_model() -> None:
+    """A learned ghost-skip branch lives outside the model tree; after GradInit its BatchNorm statistics
+    are recomputed with the model's: the plain average of each batch's statistics, with the momentum,
+    the batch count and the training mode put back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+    branch = nn.BatchNorm2d(3, momentum=0.3)
+    branch.running_mean.fill_(5.0)  # stale, as after GradInit's rescaling
+    model[1].register_forward_hook(lambda module, args, out: out + branch.train(module.training)(args[0]))
+    batches = [(torch.randn(4, 2, 5, 5) * k + k, torch.zeros(4)) for k in (1.0, 2.0, 3.0)]
+    model.train()
+    recalibrate_running_stats(model, iter(batches), 3, outside=[branch])
+    with torch.no_grad():
+        inputs = [model[0](x) for x, _ in batches]
+    means = torch.stack([z.mean((0, 2, 3)) for z in inputs]).mean(0)
+    variances = torch.stack([z.var((0, 2, 3)) for z in inputs]).mean(0)  # unbiased, as BatchNorm keeps
+    for norm in (branch, model[1]):
+        torch.testing.assert_close(norm.running_mean, means)
+        torch.testing.assert_close(norm.running_var, variances)
+        assert int(norm.num_batches_tracked) == 0 and norm.training
+    assert branch.momentum == 0.3 and model[1].momentum == 0.1
+
+
+def test_gradinit_is_told_the_modules_ghost_parts_keep_outside_the_model(digits: object) -> None:
+    model, mask = gradinit_setup(digits)
+    config = run_config("gsn,gsc,lrsi", gsc_mode="learned", **GRADINIT)
+    recipe = Recipe.from_config(config.recipe, EPOCHS)
+    context = RecipeContext(model, mask, digits, config, torch.device("cpu"), False, 0.0)
+    recipe.prepare(context)
+    assert context.outside_modules == recipe.modules() and len(recipe.modules()) > 0
 
 
 # -- label smoothing ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ independent of batch size.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class RecipeContext:
     channels_last: bool = False
     out_dir: Path | None = None  # the run folder: parts may write reports there (gradinit_scales.json)
     output_fn: Any = None  # anymask.models.calling.OutputFn: reads logits from the model's output
+    # Modules the parts prepared so far keep outside the model (learned ghost-skip branches): a later
+    # part that must reach every BatchNorm the forward runs through (GradInit's recalibration) finds
+    # them here, as model.modules() cannot.
+    outside_modules: list[nn.Module] = field(default_factory=list)
 
 
 class RecipePart:
@@ -180,6 +184,7 @@ class Recipe:
         self.check_fits(context)
         for part in self._to_prepare(context):
             part.prepare(context)
+            context.outside_modules.extend(part.modules())
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]

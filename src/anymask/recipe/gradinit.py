@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,7 +203,11 @@ def _announce(iterations: int, seconds: float) -> None:
 
 @torch.no_grad()
 def recalibrate_running_stats(
-    model: nn.Module, batches: Iterator[Batch], count: int, output_fn: OutputFn | None = None
+    model: nn.Module,
+    batches: Iterator[Batch],
+    count: int,
+    output_fn: OutputFn | None = None,
+    outside: Sequence[nn.Module] = (),
 ) -> None:
     """BatchNorm running statistics recomputed from `count` training batches of the network as it now is.
 
@@ -211,14 +215,14 @@ def recalibrate_running_stats(
     variance 1, only slowly decayed by training) no longer describe it: a 3-epoch digits run evaluated
     one class for nearly every test image. Only running statistics change: the batches come from
     GradInit's own generator, dropout stays off (eval mode) and `num_batches_tracked` is put back, so
-    training takes exactly the steps it took before.
+    training takes exactly the steps it took before. `outside` are modules the forward runs through
+    that the model does not hold (learned ghost-skip branches): their BatchNorms are recomputed too.
     """
-    norms = [
-        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    every = [m for root in (model, *outside) for m in root.modules()]
+    norms = [m for m in every if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
-    training = {module: module.training for module in model.modules()}
+    training = {module: module.training for module in every}
     saved = [(norm.momentum, norm.num_batches_tracked.clone()) for norm in norms]
     model.eval()
     for norm in norms:
@@ -274,7 +278,9 @@ class RescaledInit(RecipePart):
         self.scales = gradinit.run(
             batches, context.config.train.progress, announce=context.out_dir is not None
         )
-        recalibrate_running_stats(context.model, batches, RECALIBRATION_BATCHES, context.output_fn)
+        recalibrate_running_stats(
+            context.model, batches, RECALIBRATION_BATCHES, context.output_fn, context.outside_modules
+        )
         return_freed_memory()  # the double backward's peak, otherwise resident for the rest of the run
         if context.channels_last:
             context.model.to(memory_format=torch.channels_last)
