@@ -18,6 +18,11 @@ from anymask.experiments.report import build_tables, collect_runs, markdown_tabl
 from anymask.masks import Mask
 
 
+def write_records(folder: Path, records: list[dict[str, object]]) -> None:
+    """The run's per-epoch records, one JSON object a line, as the trainer writes metrics.jsonl."""
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 def make_run(
     root: Path,
     mask: str,
@@ -37,7 +42,7 @@ def make_run(
     save_config(config, folder / "config.json")
     curve = [final / 2, best, final]
     records = [{"epoch": e + 1, "test_acc": acc, "seconds": 1.0} for e, acc in enumerate(curve)]
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_records(folder, records)
     summary = {
         "model": "cnn",
         "data": "digits",
@@ -392,7 +397,7 @@ def test_metric_val_reports_validation_accuracy_and_no_test_accuracy(tmp_path: P
         records = [
             {"epoch": e + 1, "test_acc": 0.999, "val_acc": acc, "seconds": 1.0} for e, acc in enumerate(val)
         ]
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_records(folder, records)
     make_run(tmp_path / "runs", "erk", 0.98, "ls", 0, 0.7, 0.7)  # no validation split: skipped, said so
     with pytest.warns(UserWarning, match="no validation accuracy"):
         write_report([tmp_path / "runs"], tmp_path / "report", metric="val")
@@ -430,7 +435,7 @@ def test_metric_train_pairs_final_training_accuracies_with_their_interval(tmp_pa
             {"epoch": e + 1, "test_acc": 0.999, "train_acc": acc, "seconds": 1.0, "ghost_phase": e == 0}
             for e, acc in enumerate(curve)
         ]
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_records(folder, records)
     write_report([tmp_path / "runs"], tmp_path / "report", metric="train")
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "Training accuracy (%)" in markdown and "no test accuracy is shown" in markdown
