@@ -13,7 +13,7 @@ import torch
 
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
-from anymask.experiments.plots import accuracy_vs_sparsity, gain_vs_sparsity
+from anymask.experiments.plots import accuracy_vs_sparsity, gain_vs_sparsity, variant_gains
 from anymask.experiments.report import build_tables, collect_runs, markdown_table, paired_gain, write_report
 from anymask.masks import Mask
 
@@ -157,14 +157,16 @@ def test_mean_std_and_paired_gain(runs: Path, tmp_path: Path, capsys: pytest.Cap
 def test_report_writes_plots_and_keeps_times_apart(runs: Path, tmp_path: Path) -> None:
     files = write_report([runs], tmp_path / "report")
     names = {path.name for path in files}
-    assert {
+    assert names == {  # no densities: hand-made folders have no mask files
         "report.md",
         "results.csv",
         "timings.csv",
         "accuracy_vs_sparsity_cnn_digits.png",
+        "gain_vs_sparsity_cnn_digits.png",
         "learning_curves_cnn_digits.png",
-    } <= names
-    assert "densities_cnn_digits.png" not in names  # hand-made folders have no mask files
+    }
+    assert set(path.name for path in (tmp_path / "report").iterdir()) == names
+    assert "variants" not in (tmp_path / "report" / "report.md").read_text()
     for name in names - {"report.md", "results.csv", "timings.csv"}:
         assert (tmp_path / "report" / name).read_bytes().startswith(b"\x89PNG")
     assert "train_seconds" not in (tmp_path / "report" / "results.csv").read_text()
@@ -173,12 +175,110 @@ def test_report_writes_plots_and_keeps_times_apart(runs: Path, tmp_path: Path) -
 
 
 def test_other_varying_settings_split_tables(tmp_path: Path) -> None:
-    for lr in (0.1, 0.2):
-        make_run(tmp_path / "runs", "snip", 0.9, "default", 0, 0.8, 0.8, lr=lr)
-    write_report([tmp_path / "runs"], tmp_path / "report")
+    """Two learning rates: two variants, each with its own section; a value as common as another is named
+    in every row; a variant with two sparsities keeps its sparsity plot, named by its number."""
+    for lr, sparsity in ((0.1, 0.9), (0.1, 0.98), (0.2, 0.9), (0.2, 0.98)):
+        make_run(tmp_path / "runs", "snip", sparsity, "default", 0, lr + sparsity / 2, 0.8, lr=lr)
+    files = {path.name for path in write_report([tmp_path / "runs"], tmp_path / "report")}
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "## cnn on digits (lr=0.1)" in markdown and "## cnn on digits (lr=0.2)" in markdown
-    assert (tmp_path / "report" / "learning_curves_cnn_digits_lr=0.2.png").is_file()
+    assert "## cnn on digits (variant 1: lr=0.1)" in markdown
+    assert "## cnn on digits (variant 2: lr=0.2)" in markdown
+    assert "Settings of this variant: lr=0.2." in markdown
+    assert tables_cells(markdown)[0] == [
+        ["variant", "default snip 90% final", "default snip 98% final"],
+        ["-" * 9, "-" * 22, "-" * 22],
+        ["1: lr=0.1", "55.00 (1)", "59.00 (1)"],
+        ["2: lr=0.2", "65.00 (1)", "69.00 (1)"],
+    ]
+    assert "A variant is named by its lr (no value is the most common)." in markdown
+    # one recipe: no gain to plot, and the variants' learning curves would repeat the sections' numbers
+    assert files == {
+        "report.md",
+        "results.csv",
+        "timings.csv",
+        "accuracy_vs_sparsity_cnn_digits_variant1.png",
+        "accuracy_vs_sparsity_cnn_digits_variant2.png",
+    }
+
+
+VARIANT_FINALS = {  # (recipe, ghost_epochs, ls_alpha) -> final accuracy of seeds 0 and 1
+    ("default", None, None): (0.60, 0.62),
+    ("lrsi", None, None): (0.59, 0.60),  # GradInit alone reads neither setting: the same runs everywhere
+    ("tost", 1, 0.1): (0.63, 0.66),
+    ("tost", 2, 0.1): (0.62, 0.61),
+    ("tost", 1, 0.05): (0.60, 0.64),
+}
+
+
+@pytest.fixture
+def variant_runs(tmp_path: Path) -> Path:
+    """Three variants of tost (ghost_epochs 1 or 2, ls_alpha 0.1 or 0.05) sharing one default baseline."""
+    root = tmp_path / "runs"
+    for (recipe, ghost_epochs, ls_alpha), finals in VARIANT_FINALS.items():
+        settings = {"ghost_epochs": ghost_epochs, "ls_alpha": ls_alpha} if recipe == "tost" else {}
+        for seed, final in enumerate(finals):
+            make_run(root, "erk", 0.98, recipe, seed, final, final, **settings)
+    return root
+
+
+def test_variants_read_as_one_table(variant_runs: Path, tmp_path: Path) -> None:
+    files = {path.name for path in write_report([variant_runs], tmp_path / "report")}
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert markdown.index("## cnn on digits: variants") < markdown.index("## cnn on digits (variant 1")
+    # Hand-computed, in points: lrsi - default -1, -2; tost - default 3, 4 | 2, -1 | 0, 2;
+    # the interval is mean ± t(0.975, 1) * sd / sqrt(2) = 12.706 * sd / sqrt(2).
+    assert tables_cells(markdown)[0] == [
+        ["variant", "default final", "lrsi final", "lrsi gain", "tost final", "tost gain"],
+        ["-" * 23, "-" * 16, "-" * 16, "-" * 24, "-" * 16, "-" * 26],
+        [
+            "1: most common settings",
+            "61.00 ± 1.41 (2)",
+            "59.50 ± 0.71 (2)",
+            "-1.50 [-7.85, +4.85] (2)",
+            "64.50 ± 2.12 (2)",
+            "+3.50 [-2.85, +9.85] (2)",
+        ],
+        ["2: ghost_epochs=2.0", "= 1", "= 1", "= 1", "61.50 ± 0.71 (2)", "+0.50 [-18.56, +19.56] (2)"],
+        ["3: ls_alpha=0.05", "= 1", "= 1", "= 1", "62.00 ± 2.83 (2)", "+1.00 [-11.71, +13.71] (2)"],
+    ]
+    assert "value most variants have (ghost_epochs=1.0, ls_alpha=0.1)." in markdown
+    assert "## cnn on digits (variant 3: ls_alpha=0.05)" in markdown
+    # one mask and sparsity: the variants plot, and no single-point plot per variant
+    assert files == {"report.md", "results.csv", "timings.csv", "variants_gain_cnn_digits.png"}
+    assert "![variants_gain_cnn_digits](variants_gain_cnn_digits.png)" in markdown
+    # results.csv names each row's settings in full: the variants table can be rebuilt from it
+    rows = read_csv(tmp_path / "report" / "results.csv")
+    tost = {r["setting"]: float(r["final_gain"]) for r in rows if r["recipe"] == "tost"}
+    assert tost == pytest.approx(
+        {
+            "ghost_epochs=1.0, ls_alpha=0.1": 0.035,
+            "ghost_epochs=2.0, ls_alpha=0.1": 0.005,
+            "ghost_epochs=1.0, ls_alpha=0.05": 0.01,
+        }
+    )
+
+
+def test_variants_plot_draws_each_gain_once_with_its_interval(variant_runs: Path) -> None:
+    tables = build_tables(collect_runs([variant_runs]))
+    assert [t.variant.name for t in tables if t.variant] == [
+        "1: most common settings",
+        "2: ghost_epochs=2.0",
+        "3: ls_alpha=0.05",
+    ]
+    (ax,) = [ax for ax in variant_gains(tables).axes if ax.get_visible()]
+    assert [label.get_text() for label in ax.get_yticklabels()] == [t.variant.name for t in tables]
+    points = []
+    for bars in ax.containers:  # one errorbar per variant and arm: its line holds the gain
+        x, y = bars.lines[0].get_xdata()[0], bars.lines[0].get_ydata()[0]
+        (segment,) = bars.lines[2][0].get_segments()
+        points.append((bars.get_label(), round(y), x, segment[1][0] - x))
+    half_width = 12.706205 * 2**-0.5  # t(0.975, 1) * sd / sqrt(2) for differences of sd 1 point
+    assert points == [
+        ("lrsi", 0, pytest.approx(-1.5), pytest.approx(half_width * 0.5**0.5)),  # lrsi only on variant 1
+        ("tost", 0, pytest.approx(3.5), pytest.approx(half_width * 0.5**0.5)),
+        ("tost", 1, pytest.approx(0.5), pytest.approx(half_width * 4.5**0.5)),
+        ("tost", 2, pytest.approx(1.0), pytest.approx(half_width * 2**0.5)),
+    ]
 
 
 def test_a_setting_only_some_runs_read_does_not_split_their_baseline(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The report's figures: accuracy vs sparsity, learning curves and per-layer mask densities.
+"""The report's figures: accuracy vs sparsity, gains, learning curves, per-layer mask densities, and the
+gains of a model's variants (tables that differ in other settings) side by side.
 
 Figures are drawn on `matplotlib.figure.Figure` objects, never through pyplot, so no GUI backend or
 global state is involved and reports render the same on a headless server. Each recipe keeps one colour
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +21,57 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from anymask.experiments.report import BASELINE, Group, Table, sparsity_label
+from anymask.experiments.report import (
+    BASELINE,
+    Gain,
+    Group,
+    Table,
+    earlier_variant,
+    file_slug,
+    recipe_order,
+    sparsity_label,
+)
 
 DPI = 100
 COLORS = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "olive")]
 
 
 def plot_table(table: Table, out: Path) -> list[Path]:
-    """Every figure that the table's runs allow; returns the PNG paths written."""
-    figures = {
-        f"accuracy_vs_sparsity_{table.slug}.png": accuracy_vs_sparsity(table),
-        f"gain_vs_sparsity_{table.slug}.png": gain_vs_sparsity(table),
-        f"learning_curves_{table.slug}.png": learning_curves(table),
-        f"densities_{table.slug}.png": densities(table),
+    """Every figure that the table's runs allow; returns the PNG paths written.
+
+    A variant (one of several tables of a model and data) gets only the sparsity figures, and only when
+    it has several sparsities: a search over settings has many variants of one mask and sparsity each,
+    whose figures would be single points, and its variants figure compares them in one place.
+    """
+    figures: dict[str, Callable[[Table], Figure | None]] = {
+        "accuracy_vs_sparsity": accuracy_vs_sparsity,
+        "gain_vs_sparsity": gain_vs_sparsity,
+        "learning_curves": learning_curves,
+        "densities": densities,
     }
+    if table.variant:
+        several = len([s for s in table.sparsities if s > 0]) > 1
+        kept = ("accuracy_vs_sparsity", "gain_vs_sparsity") if several else ()
+        figures = {kind: draw for kind, draw in figures.items() if kind in kept}
     written = []
-    for name, figure in figures.items():
+    for kind, draw in figures.items():
+        figure = draw(table)
         if figure is not None:
-            figure.savefig(out / name, dpi=DPI)
-            written.append(out / name)
+            written.append(_save(figure, out / f"{kind}_{table.slug}.png"))
     return written
+
+
+def plot_variants(tables: Sequence[Table], out: Path) -> list[Path]:
+    """The variants figure of one model and data; returns the PNG path written, if any."""
+    figure = variant_gains(tables)
+    if figure is None:
+        return []
+    return [_save(figure, out / f"variants_gain_{file_slug(f'{tables[0].model}_{tables[0].data}')}.png")]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=DPI)
+    return path
 
 
 def recipe_color(table: Table, recipe: str) -> str:
@@ -343,3 +375,53 @@ def _model_order(table: Table, names: set[str]) -> list[str]:
         model = create_model(table.model, 10, (3, 32, 32), settings.get("width", 1.0))
     order = [name for name, _ in model.named_parameters() if name in names]
     return order + sorted(names - set(order))
+
+
+# -- the variants of a model and data ------------------------------------------------------------------
+def variant_gains(tables: Sequence[Table]) -> Figure | None:
+    """A panel per sparsity, a row per variant: each arm's paired gain over default, pooled over the masks
+    of the sparsity, with its 95% interval as error bars. An arm whose runs an earlier variant already
+    holds (it reads none of the settings that differ) is drawn there only, as the variants table shows it.
+    None when no variant has a gain."""
+    arms = sorted({g.recipe for t in tables for g in t.groups} - {BASELINE}, key=recipe_order)
+    sparsities = sorted({s for t in tables for s in t.sparsities if s > 0})
+    panels = [(s, points) for s in sparsities if (points := _variant_points(tables, arms, s))]
+    if not panels:
+        return None
+    figure, axes = _panels(_wrapped(len(panels), 3), (5.0, 1.2 + len(tables) * (0.3 + 0.15 * len(arms))))
+    for ax, (sparsity, points) in zip(axes, panels, strict=True):
+        for row, arm_index, gain in points:
+            ax.errorbar(
+                100 * gain.mean,
+                row + 0.5 * (arm_index - (len(arms) - 1) / 2) / len(arms),
+                xerr=100 * (gain.half_width or 0.0),
+                color=COLORS[arm_index % len(COLORS)],
+                marker="o",
+                capsize=3,
+                label=arms[arm_index],
+            )
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{sparsity_label(sparsity)} sparsity")
+        ax.set_xlabel(f"gain over {BASELINE} (points)")
+    names = [t.variant.name if t.variant else t.setting for t in tables]
+    axes[0].set_yticks(range(len(tables)), [textwrap.shorten(n, 40, placeholder="…") for n in names])
+    axes[0].set_ylim(len(tables) - 0.5, -0.5)  # variant 1 on top, as in the table (the axes share y)
+    first = tables[0]
+    title = (
+        f"{first.model} on {first.data}: paired gain of each variant in final {first.metric} accuracy, "
+        "pooled over masks (95% confidence interval)"
+    )
+    _finish(figure, axes, title, "variant")
+    return figure
+
+
+def _variant_points(tables: Sequence[Table], arms: list[str], sparsity: float) -> list[tuple[int, int, Gain]]:
+    """(variant row, arm index, pooled gain) for each variant and arm with a gain at `sparsity`."""
+    points = []
+    for row, table in enumerate(tables):
+        cells = [(mask, sparsity) for mask in table.masks]
+        for arm_index, arm in enumerate(arms):
+            gain = table.pooled_gain(arm, BASELINE, sparsity, "final_test_acc")
+            if gain is not None and earlier_variant(tables, row, arm, cells) is None:
+                points.append((row, arm_index, gain))
+    return points

@@ -3,7 +3,8 @@
 Runs that differ only by seed form a group; a group is summarised as mean ± std over its seeds, and a
 recipe's gain over `default` is the mean of per-seed differences on the same mask and sparsity, which
 cancels most of the seed-to-seed noise. Settings that vary between the collected runs other than the
-table axes (say two learning rates) split the runs into separate tables, so no group mixes them.
+table axes (say two learning rates) split the runs into separate tables, so no group mixes them; those
+tables are the *variants* of their model and data, compared side by side in one variants table.
 
 report.md and results.csv hold only what a run's config determines (accuracies, sparsities, counts),
 never wall times or paths: the same runs give byte-identical files however they were scheduled or
@@ -19,8 +20,9 @@ import math
 import re
 import statistics
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ MASK, LAYER_DENSITIES = "mask.safetensors", "layer_densities.json"
 BASELINE = "default"
 # Run settings that are table axes (or identify a mask file) rather than a setting that splits tables.
 AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "dst", "seed"})
+# The label of the variant whose varying settings all have their most common value.
+COMMON = "most common settings"
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,18 @@ class Group:
         return Gain(statistics.fmean(mine.values()) - statistics.fmean(base.values()), 0)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A table's place among the tables of its model and data when other settings vary between them."""
+
+    number: int  # 1, 2, ... in the variants table's order; the table's section and files carry it
+    label: str  # the settings where it differs from the most common values ("gradinit_lr=0.05"), or COMMON
+
+    @property
+    def name(self) -> str:
+        return f"{self.number}: {self.label}"
+
+
 @dataclass
 class Table:
     """The groups of one model on one dataset under one combination of other settings."""
@@ -183,15 +199,21 @@ class Table:
     setting: str  # "lr=0.05" when the collected runs vary in settings beyond the axes; else ""
     groups: list[Group]
     metric: str = "test"  # whose accuracy the table holds: "test", "validation" or "training" (--metric)
+    values: dict[str, Any] = field(default_factory=dict)  # the setting string's values, {"lr": 0.05}
+    variant: Variant | None = None  # set when its model and data have several tables
 
     @property
     def title(self) -> str:
+        if self.variant:  # the full setting string can be a line long: the section says it in full
+            return f"{self.model} on {self.data} (variant {self.variant.name})"
         return f"{self.model} on {self.data}" + (f" ({self.setting})" if self.setting else "")
 
     @property
     def slug(self) -> str:
-        """File-name part for this table's plots."""
-        return re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{self.model}_{self.data}_{self.setting}").strip("_")
+        """File-name part for this table's plots: a variant's number, not its settings, which can make a
+        file name hundreds of characters long."""
+        setting = f"variant{self.variant.number}" if self.variant else self.setting
+        return file_slug(f"{self.model}_{self.data}_{setting}")
 
     @cached_property
     def masks(self) -> list[str]:
@@ -238,6 +260,10 @@ class Table:
             if group and base:
                 differences += group.differences(base, key)
         return paired_gain(differences) if differences else None
+
+
+def file_slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
 
 
 # -- collecting ----------------------------------------------------------------------------------------
@@ -337,30 +363,79 @@ def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
     """Group runs by everything but the seed, and groups into tables by model, data and other settings.
 
     A run joins every table whose settings it agrees with: a default-protocol run, which reads no recipe
-    setting, is the baseline of the tables for ghost_epochs=4 and ghost_epochs=8 alike.
+    setting, is the baseline of the tables for ghost_epochs=4 and ghost_epochs=8 alike. Several tables of
+    one model and data are its variants, numbered in the variants table's order (`number_variants`).
     """
     varying = _varying_settings(runs)
     settings = {id(run): {k: run.settings[k] for k in varying if k in run.settings} for run in runs}
-    combos = _table_settings(list(settings.values()))
+    combos = {setting_text(c): c for c in _table_settings(list(settings.values()))}
     tables: dict[tuple[str, str, str], Table] = {}
     by_group: dict[tuple[Any, ...], list[Run]] = {}
     for run in runs:
         s = run.summary
-        for combo in combos:
+        for setting, combo in combos.items():
             if any(combo.get(k, v) != v for k, v in settings[id(run)].items()):
                 continue
-            setting = ", ".join(f"{key}={value}" for key, value in combo.items())
             key = (s["model"], s["data"], setting, run.mask, s["sparsity"], run.arm)
             by_group.setdefault(key, []).append(run)
     for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
         members.sort(key=lambda r: r.summary["seed"])
         table = tables.setdefault(
-            (model, data, setting), Table(model, data, setting, [], METRICS_READ[metric])
+            (model, data, setting),
+            Table(model, data, setting, [], METRICS_READ[metric], values=combos[setting]),
         )
         table.groups.append(Group(mask, sparsity, recipe, members))
     for table in tables.values():
         table.groups.sort(key=lambda g: (mask_order(g.mask), g.sparsity, recipe_order(g.recipe)))
-    return [tables[key] for key in sorted(tables)]
+    ordered = by_model_and_data([tables[key] for key in sorted(tables)])
+    return [table for same in ordered for table in number_variants(same)]
+
+
+def setting_text(values: dict[str, Any]) -> str:
+    """'lr=0.05, seed_data=1': how tables, file names and results.csv name a combination of settings."""
+    return ", ".join(f"{key}={value}" for key, value in values.items())
+
+
+def by_model_and_data(tables: Sequence[Table]) -> list[list[Table]]:
+    """The tables, sorted by model and data, in one list per model and data."""
+    same: dict[tuple[str, str], list[Table]] = {}
+    for table in tables:
+        same.setdefault((table.model, table.data), []).append(table)
+    return [same[key] for key in sorted(same)]
+
+
+def number_variants(tables: list[Table]) -> list[Table]:
+    """The tables of one model and data; when there are several, each labelled by where its settings
+    differ from the most common ones and numbered in that order: the most common settings first, then by
+    how many settings differ and by label, so the same runs always get the same numbers."""
+    if len(tables) < 2:
+        return tables
+    common = most_common_values([t.values for t in tables])
+    differences = [
+        [setting_text({k: v}) for k, v in t.values.items() if k not in common or not _same(v, common[k])]
+        for t in tables
+    ]
+    ranked = sorted(zip(differences, tables, strict=True), key=lambda pair: (len(pair[0]), pair[0]))
+    for number, (differs, table) in enumerate(ranked, start=1):
+        table.variant = Variant(number, ", ".join(differs) or COMMON)
+    return [table for _, table in ranked]
+
+
+def most_common_values(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each setting's value in the most variants that read it. A setting whose top count is shared by two
+    values has none, so every variant names its value: calling either one 'common' would hide it."""
+    common = {}
+    for key in sorted(set().union(*values)):
+        originals = {json.dumps(v[key], sort_keys=True): v[key] for v in values if key in v}
+        counts = Counter(json.dumps(v[key], sort_keys=True) for v in values if key in v).most_common()
+        if len(counts) == 1 or counts[0][1] > counts[1][1]:
+            common[key] = originals[counts[0][0]]
+    return common
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal by JSON text, as `_varying_settings` compares settings (lists and None alike)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _table_settings(assignments: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -444,7 +519,8 @@ def table_markdown(table: Table) -> str:
         "with its 95% confidence interval (Student t over the paired differences) and the number of pairs."
     )
     extras = [accuracy_matrix_markdown(table), pooled_gains_markdown(table)]
-    long_table = f"## {table.title}\n\n{legend}\n\n{markdown_table(header, rows)}\n"
+    settings = f"Settings of this variant: {table.setting}.\n\n" if table.variant else ""
+    long_table = f"## {table.title}\n\n{settings}{legend}\n\n{markdown_table(header, rows)}\n"
     notes = collapse_note(table) + architecture_note(table)
     return long_table + "".join(f"\n{extra}" for extra in extras if extra) + notes
 
@@ -523,10 +599,90 @@ def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
     if group is None:
         return ["–"] * width
     cells = [group.final_cell(), percent_cell(group.values("best_test_acc"))]
-    if recipe != BASELINE:
-        baseline = table.baseline_of(group)
-        cells.append(gain_cell(group.gain_over(baseline, "final_test_acc")) if baseline else "–")
-    return cells
+    return cells + ([_gain_text(table, group)] if recipe != BASELINE else [])
+
+
+def _gain_text(table: Table, group: Group) -> str:
+    """The group's paired gain in final accuracy over `default` on its mask and sparsity ('–' without)."""
+    baseline = table.baseline_of(group)
+    return gain_cell(group.gain_over(baseline, "final_test_acc")) if baseline else "–"
+
+
+def variants_markdown(tables: Sequence[Table]) -> str:
+    """The variants of one model and data side by side: a row per variant, and for each arm and (mask,
+    sparsity) its final accuracy and paired gain over `default`, as in the variant's own section."""
+    cells = sorted({row for t in tables for row in t.rows}, key=lambda r: (mask_order(r[0]), r[1]))
+    arms = sorted({g.recipe for t in tables for g in t.groups}, key=recipe_order)
+    # A single (mask, sparsity) is named in the legend rather than in every column.
+    where = [f" {mask} {sparsity_label(sparsity)}" if len(cells) > 1 else "" for mask, sparsity in cells]
+    header = ["variant"]
+    for arm in arms:
+        header += [f"{arm}{w} {kind}" for w in where for kind in _variant_kinds(arm)]
+    rows = [
+        [table.variant.name if table.variant else "", *_variant_cells(tables, i, arms, cells)]
+        for i, table in enumerate(tables)
+    ]
+    title = f"## {tables[0].model} on {tables[0].data}: variants"
+    return f"{title}\n\n{_variants_legend(tables, cells)}\n\n{markdown_table(header, rows)}\n"
+
+
+def _variant_kinds(arm: str) -> list[str]:
+    return ["final"] if arm == BASELINE else ["final", "gain"]
+
+
+def _variant_cells(
+    tables: Sequence[Table], index: int, arms: list[str], cells: list[tuple[str, float]]
+) -> list[str]:
+    """One variant's cells: per arm and (mask, sparsity) the final accuracy (and gain), or the number of
+    the earlier variant that holds the same runs."""
+    table, row = tables[index], []
+    for arm in arms:
+        for mask, sparsity in cells:
+            group, width = table.group(mask, sparsity, arm), len(_variant_kinds(arm))
+            earlier = earlier_variant(tables, index, arm, [(mask, sparsity)]) if group else None
+            if group is None:
+                row += ["–"] * width
+            elif earlier and earlier.variant:
+                row += [f"= {earlier.variant.number}"] * width
+            else:
+                row += [group.final_cell(), _gain_text(table, group)][:width]
+    return row
+
+
+def _variants_legend(tables: Sequence[Table], cells: list[tuple[str, float]]) -> str:
+    common = most_common_values([t.values for t in tables])
+    tied = sorted(set().union(*(t.values for t in tables)) - common.keys())
+    naming = []
+    if common:
+        most = setting_text(common)
+        naming.append(f"the settings where it differs from the value most variants have ({most})")
+    if tied:  # calling either value common would hide it
+        naming.append(f"its {', '.join(tied)} (no value is the most common)")
+    at = f" ({cells[0][0]} at {sparsity_label(cells[0][1])})" if len(cells) == 1 else ""
+    metric = tables[0].metric
+    return (
+        "The runs differ in settings beyond the table axes; each combination is a variant with its own "
+        f"section below, in this order. A variant is named by {' and by '.join(naming)}. "
+        f"Per arm{at}: final {metric} accuracy (%), mean ± std over seeds (number of seeds), and the gain "
+        f"over `{BASELINE}` on the same mask, sparsity and seeds (points, 95% confidence interval, number "
+        "of pairs). `= k`: the same runs as variant k (the arm reads none of the settings that differ), "
+        "shown once."
+    )
+
+
+def earlier_variant(
+    tables: Sequence[Table], index: int, arm: str, cells: Sequence[tuple[str, float]]
+) -> Table | None:
+    """The first variant before `index` whose `arm` and baseline are the very same runs on `cells`: an arm
+    that reads none of the settings a variant changes (the default protocol, or a recipe without the
+    part they belong to) joins that variant's table unchanged, and saying so beats repeating it."""
+    runs = _run_hashes(tables[index], arm, cells)
+    return next((t for t in tables[:index] if _run_hashes(t, arm, cells) == runs), None)
+
+
+def _run_hashes(table: Table, arm: str, cells: Sequence[tuple[str, float]]) -> frozenset[str]:
+    groups = (table.group(mask, sparsity, recipe) for mask, sparsity in cells for recipe in {arm, BASELINE})
+    return frozenset(run.summary["config_hash"] for group in groups if group for run in group.runs)
 
 
 def results_csv(tables: Sequence[Table]) -> str:
@@ -678,10 +834,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     if keep_runs:
         keep_run_files(runs, out / "runs")
-    plots = {table.slug: _write_plots(table, out) for table in tables}
-    sections = [
-        table_markdown(t) + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots[t.slug]) for t in tables
-    ]
+    parts = _sections(tables, out)  # (markdown, the plots written for it)
+    sections = [text + "".join(f"\n![{p.stem}]({p.name})\n" for p in paths) for text, paths in parts]
     which = {
         "test": "",
         "val": " Accuracies are on the validation split; no test accuracy is shown.",
@@ -696,8 +850,8 @@ def write_report(
     }
     for path, text in written.items():
         atomic_write_text(path, text)
-    print("\n".join(table_markdown(t) for t in tables))
-    files = [*written, *(p for paths in plots.values() for p in paths)]
+    print("\n".join(text for text, _ in parts))
+    files = [*written, *(p for _, paths in parts for p in paths)]
     print("wrote:\n" + "\n".join(f"  {path}" for path in files))
     return files
 
@@ -729,7 +883,14 @@ def layer_densities(folder: Path) -> dict[str, float] | None:
     return None
 
 
-def _write_plots(table: Table, out: Path) -> list[Path]:
+def _sections(tables: Sequence[Table], out: Path) -> list[tuple[str, list[Path]]]:
+    """Each model and data's variants table (when it has several tables) before its tables, each with the
+    plots written for it."""
     from anymask.experiments import plots  # matplotlib is slow to import; only reports need it
 
-    return plots.plot_table(table, out)
+    parts = []
+    for same in by_model_and_data(tables):
+        if len(same) > 1:
+            parts.append((variants_markdown(same), plots.plot_variants(same, out)))
+        parts += [(table_markdown(table), plots.plot_table(table, out)) for table in same]
+    return parts
