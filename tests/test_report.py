@@ -13,7 +13,7 @@ import torch
 
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
-from anymask.experiments.plots import accuracy_vs_sparsity, gain_vs_sparsity, variant_gains
+from anymask.experiments.plots import accuracy_vs_sparsity, gain_by_epoch, gain_vs_sparsity, variant_gains
 from anymask.experiments.report import build_tables, collect_runs, markdown_table, paired_gain, write_report
 from anymask.masks import Mask
 
@@ -163,6 +163,7 @@ def test_report_writes_plots_and_keeps_times_apart(runs: Path, tmp_path: Path) -
         "timings.csv",
         "accuracy_vs_sparsity_cnn_digits.png",
         "gain_vs_sparsity_cnn_digits.png",
+        "gain_by_epoch_cnn_digits.png",
         "learning_curves_cnn_digits.png",
     }
     assert set(path.name for path in (tmp_path / "report").iterdir()) == names
@@ -279,6 +280,55 @@ def test_variants_plot_draws_each_gain_once_with_its_interval(variant_runs: Path
         ("tost", 1, pytest.approx(0.5), pytest.approx(half_width * 4.5**0.5)),
         ("tost", 2, pytest.approx(1.0), pytest.approx(half_width * 2**0.5)),
     ]
+
+
+def test_gain_plot_titles_say_an_interval_only_where_one_is_drawn(tmp_path: Path) -> None:
+    """One seed per cell gives one pair per mask: the pooled gain over two masks has an interval, a lone
+    mask's has none, and the title says which."""
+    root = tmp_path / "runs"
+    folders = {}
+    for mask, tost in (("snip", 0.83), ("erk", 0.82)):
+        make_run(root, mask, 0.9, "default", 0, 0.80, 0.80)
+        folders[mask] = make_run(root, mask, 0.9, "tost", 0, tost, tost)
+    (table,) = build_tables(collect_runs([root]))
+    assert "(95% confidence interval)" in gain_vs_sparsity(table).get_suptitle().replace("\n", " ")
+    shutil.rmtree(folders["erk"])
+    (table,) = build_tables(collect_runs([root]))
+    title = gain_vs_sparsity(table).get_suptitle().replace("\n", " ")
+    assert "(one pair each: no interval)" in title and "95%" not in title
+
+
+def test_gain_by_epoch_pools_paired_curves_and_marks_the_ghosts_removal(tmp_path: Path) -> None:
+    """Two masks x two seeds at one sparsity: after each epoch the gain is the t interval over the four
+    paired differences of the curves, and a dotted line follows tost's last ghost epoch."""
+    root = tmp_path / "runs"
+    tost_leads = {("snip", 0): 0.01, ("snip", 1): 0.03, ("erk", 0): 0.02, ("erk", 1): 0.06}
+    for (mask, seed), lead in tost_leads.items():
+        for recipe, curve in (("default", [0.5, 0.6, 0.7]), ("tost", [0.5 + lead, 0.6 - lead, 0.7 + lead])):
+            folder = make_run(root, mask, 0.9, recipe, seed, curve[-1], max(curve))
+            ghosts = recipe == "tost"
+            records = [
+                {"epoch": e + 1, "test_acc": acc, "seconds": 1.0, "ghost_phase": ghosts and e == 0}
+                for e, acc in enumerate(curve)
+            ]
+            write_records(folder, records)
+    (table,) = build_tables(collect_runs([root]))
+    leads = list(tost_leads.values())
+    half = 3.182446 * statistics.stdev(leads) / 2  # t(0.975, 3) * sd / sqrt(4)
+    gains = table.pooled_gain_by_epoch("tost", "default", 0.9)
+    assert [g.mean for g in gains] == pytest.approx([0.03, -0.03, 0.03])
+    assert [g.half_width for g in gains] == pytest.approx([half] * 3, rel=1e-5)
+    assert table.ghost_phase_end("tost", 0.9) == 1 and table.ghost_phase_end("default", 0.9) == 0
+    (ax,) = [ax for ax in gain_by_epoch(table).axes if ax.get_visible()]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "tost − default"]
+    assert list(line.get_ydata()) == pytest.approx([3.0, -3.0, 3.0])
+    (band,) = ax.collections
+    low = band.get_paths()[0].vertices[:, 1].min()
+    assert low == pytest.approx(-3.0 - 100 * half, rel=1e-5)
+    (removal,) = [line for line in ax.get_lines() if line.get_label() == "tost: ghosts removed"]
+    assert list(removal.get_xdata()) == [1.5, 1.5]
+    write_report([root], tmp_path / "report")
+    assert (tmp_path / "report" / "gain_by_epoch_cnn_digits.png").is_file()
 
 
 def test_a_setting_only_some_runs_read_does_not_split_their_baseline(tmp_path: Path) -> None:

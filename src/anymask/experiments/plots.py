@@ -47,6 +47,7 @@ def plot_table(table: Table, out: Path) -> list[Path]:
         "accuracy_vs_sparsity": accuracy_vs_sparsity,
         "gain_vs_sparsity": gain_vs_sparsity,
         "learning_curves": learning_curves,
+        "gain_by_epoch": gain_by_epoch,
         "densities": densities,
     }
     if table.variant:
@@ -230,12 +231,21 @@ def gain_vs_sparsity(table: Table) -> Figure | None:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_title(f"{recipe} − {reference}")
         _sparsity_axis(ax, sparsities)
+    every_gain = [g for _, gains in pairs for g in gains if g is not None]
     title = (
-        f"{table.title}: paired gain in final {table.metric} accuracy, pooled over masks "
-        "(95% confidence interval)"
+        f"{table.title}: paired gain in final {table.metric} accuracy, pooled over masks {_bars(every_gain)}"
     )
     _finish(figure, axes, title, "gain (points)")
     return figure
+
+
+def _bars(gains: Sequence[Gain]) -> str:
+    """What the error bars are, for a title: a single pair has no interval, so no bar is drawn for it."""
+    if all(g.half_width is None for g in gains):
+        return "(one pair each: no interval)"
+    if any(g.half_width is None for g in gains):
+        return "(bars: 95% confidence interval; none for a single pair)"
+    return "(95% confidence interval)"
 
 
 def _pooled_gain_bars(ax: Axes, gains: list[Any], color: str) -> None:
@@ -282,6 +292,55 @@ def learning_curves(table: Table) -> Figure:
     title = f"{table.title}: {table.metric} accuracy during training (mean over seeds)"
     _finish(figure, axes, title, f"{table.metric} accuracy (%)")
     return figure
+
+
+def gain_by_epoch(table: Table) -> Figure | None:
+    """A panel per sparsity: each recipe pair's paired gain after every epoch, pooled over masks and seeds,
+    with its 95% interval as a band and a dotted line where the recipe's ghost phase ends. Says when a
+    recipe's lead opens and whether it survives the ghosts' removal. None without a comparable pair."""
+    sparsities = [s for s in table.sparsities if s > 0]
+    panels = [
+        (s, lines)
+        for s in sparsities
+        if (
+            lines := [(pair, g) for pair in table.recipe_pairs if (g := table.pooled_gain_by_epoch(*pair, s))]
+        )
+    ]
+    if not panels:
+        return None
+    figure, axes = _panels(_wrapped(len(panels), 3), (4.4, 3.2))
+    every_gain = []
+    for ax, (sparsity, lines) in zip(axes, panels, strict=True):
+        for (recipe, reference), gains in lines:
+            color = recipe_color(table, recipe)
+            _gain_line(ax, gains, color, f"{recipe} − {reference}")
+            end = table.ghost_phase_end(recipe, sparsity)
+            if 0 < end < len(gains):
+                ax.axvline(
+                    end + 0.5, color=color, linestyle=":", linewidth=1.2, label=f"{recipe}: ghosts removed"
+                )
+            every_gain += gains
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{sparsity_label(sparsity)} sparsity")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    title = f"{table.title}: paired gain in {table.metric} accuracy after each epoch {_bars(every_gain)}"
+    _finish(figure, axes, title, "gain (points)")
+    return figure
+
+
+def _gain_line(ax: Axes, gains: list[Gain], color: str, label: str) -> None:
+    x = range(1, len(gains) + 1)
+    ax.plot(x, [100 * g.mean for g in gains], color=color, linewidth=1.5, label=label)
+    if all(g.half_width is not None for g in gains):
+        ax.fill_between(
+            x,
+            [100 * (g.mean - g.half_width) for g in gains],
+            [100 * (g.mean + g.half_width) for g in gains],
+            color=color,
+            alpha=0.2,
+            linewidth=0,
+        )
 
 
 def _curve(ax: Axes, group: Group, color: str) -> None:
@@ -409,7 +468,7 @@ def variant_gains(tables: Sequence[Table]) -> Figure | None:
     first = tables[0]
     title = (
         f"{first.model} on {first.data}: paired gain of each variant in final {first.metric} accuracy, "
-        "pooled over masks (95% confidence interval)"
+        f"pooled over masks {_bars([gain for _, points in panels for _, _, gain in points])}"
     )
     _finish(figure, axes, title, "variant")
     return figure

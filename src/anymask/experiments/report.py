@@ -64,6 +64,7 @@ class Run:
     summary: dict[str, Any]
     settings: dict[str, Any]
     curve: list[float]  # test accuracy after each epoch
+    ghost_epochs: int = 0  # epochs trained with ghost parts in the model (tost's ghost phase)
 
     @property
     def mask(self) -> str:
@@ -170,6 +171,14 @@ class Group:
         mine, base = self.by_seed(key), baseline.by_seed(key)
         return [mine[s] - base[s] for s in sorted(mine.keys() & base.keys())]
 
+    def curve_differences(self, baseline: Group) -> list[list[float]]:
+        """Per seed both have, this group's accuracy curve minus the baseline's, over their common epochs."""
+        mine = {run.summary["seed"]: run.curve for run in self.runs}
+        base = {run.summary["seed"]: run.curve for run in baseline.runs}
+        return [
+            [a - b for a, b in zip(mine[s], base[s], strict=False)] for s in sorted(mine.keys() & base.keys())
+        ]
+
     def gain_over(self, baseline: Group, key: str) -> Gain:
         differences = self.differences(baseline, key)
         if differences:
@@ -261,6 +270,32 @@ class Table:
                 differences += group.differences(base, key)
         return paired_gain(differences) if differences else None
 
+    def pooled_gain_by_epoch(self, recipe: str, reference: str, sparsity: float) -> list[Gain]:
+        """The pooled paired gain after each epoch (of the curve the table's metric reads), over every
+        (mask, seed) pair of a sparsity, up to the shortest pair's last epoch: where a recipe's lead opens
+        and where it closes (the ghosts' removal, say). Empty when no pair exists."""
+        curves = []
+        for mask in self.masks:
+            group, base = self.group(mask, sparsity, recipe), self.group(mask, sparsity, reference)
+            if group and base:
+                curves += group.curve_differences(base)
+        if not curves:
+            return []
+        epochs = min(len(c) for c in curves)
+        return [paired_gain([c[e] for c in curves]) for e in range(epochs)]
+
+    def ghost_phase_end(self, recipe: str, sparsity: float) -> int:
+        """The last epoch with ghost parts in any of the recipe's runs at `sparsity` (0: none had ghosts)."""
+        return max(
+            (
+                r.ghost_epochs
+                for g in self.groups
+                if (g.recipe, g.sparsity) == (recipe, sparsity)
+                for r in g.runs
+            ),
+            default=0,
+        )
+
 
 def file_slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")
@@ -314,12 +349,14 @@ def read_run(folder: Path, metric: str = "test") -> Run:
     if summary.get("model") in MODEL_REVISIONS:  # an older architecture's runs never share its cells
         settings["model_revision"] = saved_model_revision(folder / CONFIG)
     records = [json.loads(line) for line in (folder / METRICS).read_text().splitlines() if line.strip()]
+    ghost_epochs = sum(1 for r in records if r.get("ghost_phase"))
     if metric == "test":
-        return Run(folder, summary, settings, [r["test_acc"] for r in records])
+        return Run(folder, summary, settings, [r["test_acc"] for r in records], ghost_epochs)
     key = RECORD_KEYS[metric]
     if not all(key in r for r in records):
         raise ValueError(MISSING_RECORD[metric])
-    return Run(folder, summary_from_records(summary, records, key), settings, [r[key] for r in records])
+    curve = [r[key] for r in records]
+    return Run(folder, summary_from_records(summary, records, key), settings, curve, ghost_epochs)
 
 
 # `report --metric` values and the words the tables use for them.
