@@ -79,11 +79,14 @@ def recipe_color(table: Table, recipe: str) -> str:
     return COLORS[table.recipes.index(recipe) % len(COLORS)]
 
 
-def _panels(cells: list[tuple[int, int]], panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
-    """A figure with a panel at each (row, column) of `cells`, sharing the y axis; other slots stay empty."""
+def _panels(
+    cells: list[tuple[int, int]], panel: tuple[float, float], sharey: bool = True
+) -> tuple[Figure, list[Axes]]:
+    """A figure with a panel at each (row, column) of `cells`, sharing the y axis unless told not to;
+    other slots stay empty."""
     rows, columns = max(r for r, _ in cells) + 1, max(c for _, c in cells) + 1
     figure = Figure(figsize=(panel[0] * columns, panel[1] * rows + 0.9), layout="constrained")
-    grid = figure.subplots(rows, columns, squeeze=False, sharey=True)
+    grid = figure.subplots(rows, columns, squeeze=False, sharey=sharey)
     for ax in grid.flat:
         ax.set_visible(False)
     axes = [grid[r][c] for r, c in cells]
@@ -308,7 +311,8 @@ def gain_by_epoch(table: Table) -> Figure | None:
     ]
     if not panels:
         return None
-    figure, axes = _panels(_wrapped(len(panels), 3), (4.4, 3.2))
+    # Own y scales: a sparsity with two pairs has an interval ten times wider than one with nine.
+    figure, axes = _panels(_wrapped(len(panels), 3), (4.4, 3.2), sharey=False)
     every_gain = []
     for ax, (sparsity, lines) in zip(axes, panels, strict=True):
         for (recipe, reference), gains in lines:
