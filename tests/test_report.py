@@ -14,7 +14,14 @@ import torch
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
 from anymask.experiments.plots import accuracy_vs_sparsity, gain_by_epoch, gain_vs_sparsity, variant_gains
-from anymask.experiments.report import build_tables, collect_runs, markdown_table, paired_gain, write_report
+from anymask.experiments.report import (
+    build_tables,
+    collapse_note,
+    collect_runs,
+    markdown_table,
+    paired_gain,
+    write_report,
+)
 from anymask.masks import Mask
 
 
@@ -443,7 +450,7 @@ def test_a_collapsed_mask_is_marked_and_named(tmp_path: Path) -> None:
         ["magnitude", "98%", "10.00 (1) †", "10.00 (1)"],
         ["synflow", "98%", "57.00 (1)", "57.00 (1)"],
     ]
-    assert "- magnitude at 98% (default): classifier.weight" in markdown
+    assert "- magnitude at 98% (default), seed 0: classifier.weight" in markdown
     rows = {r["mask"]: r for r in read_csv(tmp_path / "report" / "results.csv")}
     assert rows["magnitude"]["collapsed_layers"] == "classifier.weight"
     assert rows["synflow"]["collapsed_layers"] == ""
@@ -468,8 +475,35 @@ def test_a_disconnected_mask_is_marked_apart_from_collapse(tmp_path: Path) -> No
         ["snip", "99%", "10.00 (1) §", "10.00 (1)"],
         ["synflow", "99%", "57.00 (1)", "57.00 (1)"],
     ]
-    assert "- snip at 99% (default): effective density 0.00e+00, 0 classes reachable" in markdown
+    assert "- snip at 99% (default), seed 0: effective density 0.00e+00, 0 classes reachable" in markdown
     assert "§ Disconnected" in markdown
+
+
+def test_the_notes_name_the_seeds_whose_masks_are_cut(tmp_path: Path) -> None:
+    """Each seed draws its own mask: the note names the seeds that disconnect (or collapse) and reads the
+    effective density of those runs only."""
+    folders = {}
+    for seed, (cut, effective, reachable) in enumerate(
+        ((True, 0.010, 9), (False, 0.018, 10), (True, 0.014, 8))
+    ):
+        folders[seed] = make_run(tmp_path / "runs", "snip", 0.98, "default", seed, 0.5, 0.5)
+        summary = json.loads((folders[seed] / "summary.json").read_text())
+        summary.update(
+            mask_effective_density=effective, mask_classes_reachable=reachable, mask_disconnected=cut
+        )
+        (folders[seed] / "summary.json").write_text(json.dumps(summary))
+
+    def note_with_seed_1_shortcut(density: float) -> str:
+        for seed, folder in folders.items():
+            densities = {"conv.weight": 0.05, "shortcut.weight": density if seed == 1 else 0.02}
+            (folder / "layer_densities.json").write_text(json.dumps(densities))
+        return collapse_note(build_tables(collect_runs([tmp_path / "runs"]))[0])
+
+    collapsed = note_with_seed_1_shortcut(0.0)
+    assert "- snip at 98% (default), seed 1: shortcut.weight" in collapsed
+    assert "§" not in collapsed  # a collapsed layer is the stronger mark
+    cut = note_with_seed_1_shortcut(0.02)
+    assert "- snip at 98% (default), seeds 0, 2: effective density 1.20e-02, 8 classes reachable" in cut
 
 
 def test_markdown_table_pads_columns() -> None:

@@ -582,19 +582,20 @@ def pooled_gains_markdown(table: Table) -> str:
 
 
 def collapse_note(table: Table) -> str:
-    """One line per group whose mask empties a layer or disconnects the network: the accuracy there says
-    more about the mask."""
+    """One line per group whose mask empties a layer or disconnects the network, naming the seeds whose
+    masks do (seeds draw different masks): the accuracy there says more about the mask."""
     lines = [
-        f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}): {', '.join(g.collapsed_layers)}"
+        f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}), {_seeds(collapsed)}: "
+        f"{', '.join(g.collapsed_layers)}"
         for g in table.groups
-        if g.collapsed_layers
+        if (collapsed := [r for r in g.runs if 0 in (r.layer_densities or {}).values()])
     ]
     cut = [
-        f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}): effective density "
-        f"{statistics.fmean(g.values('mask_effective_density')):.2e}, "
-        f"{min(g.values('mask_classes_reachable'))} classes reachable"
+        f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}), {_seeds(runs)}: effective density "
+        f"{statistics.fmean(r.summary['mask_effective_density'] for r in runs):.2e}, "
+        f"{min(r.summary['mask_classes_reachable'] for r in runs)} classes reachable"
         for g in table.groups
-        if g.disconnected and not g.collapsed_layers
+        if not g.collapsed_layers and (runs := [r for r in g.runs if r.summary.get("mask_disconnected")])
     ]
     note = "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
     cut_note = (
@@ -602,6 +603,11 @@ def collapse_note(table: Table) -> str:
         "lie on no input-output path:\n\n" + "\n".join(cut) + "\n"
     )
     return (note if lines else "") + (cut_note if cut else "")
+
+
+def _seeds(runs: Sequence[Run]) -> str:
+    seeds = sorted(run.summary["seed"] for run in runs)
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def architecture_note(table: Table) -> str:
