@@ -337,14 +337,17 @@ def _gain_line(ax: Axes, gains: list[Gain], color: str, label: str) -> None:
     x = range(1, len(gains) + 1)
     ax.plot(x, [100 * g.mean for g in gains], color=color, linewidth=1.5, label=label)
     if all(g.half_width is not None for g in gains):
-        ax.fill_between(
+        _band(
+            ax,
             x,
             [100 * (g.mean - g.half_width) for g in gains],
             [100 * (g.mean + g.half_width) for g in gains],
-            color=color,
-            alpha=0.2,
-            linewidth=0,
+            color,
         )
+
+
+def _band(ax: Axes, x: range, low: list[float], high: list[float], color: str) -> None:
+    ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
 
 
 def _curve(ax: Axes, group: Group, color: str) -> None:
@@ -355,13 +358,12 @@ def _curve(ax: Axes, group: Group, color: str) -> None:
     ax.plot(x, mean, color=color, linewidth=1.5, label=group.recipe)
     if len(group.runs) > 1:
         std = [statistics.stdev(values) for values in per_epoch]
-        ax.fill_between(
+        _band(
+            ax,
             x,
             [m - s for m, s in zip(mean, std, strict=True)],
             [m + s for m, s in zip(mean, std, strict=True)],
-            color=color,
-            alpha=0.2,
-            linewidth=0,
+            color,
         )
 
 

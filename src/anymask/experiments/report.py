@@ -263,22 +263,27 @@ class Table:
     def pooled_gain(self, recipe: str, reference: str, sparsity: float, key: str) -> Gain | None:
         """`recipe` minus `reference` over every mask of a sparsity, paired on (mask, seed); None when
         no mask has both recipes on a common seed."""
-        differences = []
-        for mask in self.masks:
-            group, base = self.group(mask, sparsity, recipe), self.group(mask, sparsity, reference)
-            if group and base:
-                differences += group.differences(base, key)
+        differences = [
+            d
+            for group, base in self._mask_pairs(recipe, reference, sparsity)
+            for d in group.differences(base, key)
+        ]
         return paired_gain(differences) if differences else None
+
+    def _mask_pairs(self, recipe: str, reference: str, sparsity: float) -> list[tuple[Group, Group]]:
+        """(recipe's group, reference's group) on each mask of `sparsity` that has both."""
+        pairs = [(self.group(m, sparsity, recipe), self.group(m, sparsity, reference)) for m in self.masks]
+        return [(group, base) for group, base in pairs if group and base]
 
     def pooled_gain_by_epoch(self, recipe: str, reference: str, sparsity: float) -> list[Gain]:
         """The pooled paired gain after each epoch (of the curve the table's metric reads), over every
         (mask, seed) pair of a sparsity, up to the shortest pair's last epoch: where a recipe's lead opens
         and where it closes (the ghosts' removal, say). Empty when no pair exists."""
-        curves = []
-        for mask in self.masks:
-            group, base = self.group(mask, sparsity, recipe), self.group(mask, sparsity, reference)
-            if group and base:
-                curves += group.curve_differences(base)
+        curves = [
+            c
+            for group, base in self._mask_pairs(recipe, reference, sparsity)
+            for c in group.curve_differences(base)
+        ]
         if not curves:
             return []
         epochs = min(len(c) for c in curves)
