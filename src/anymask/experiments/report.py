@@ -84,6 +84,16 @@ class Run:
         """Per-layer mask density, read once per run (the table, the plot and kept runs all use it)."""
         return layer_densities(self.folder)
 
+    @property
+    def collapsed_layers(self) -> list[str]:
+        """Layers this run's mask leaves without a weight (layer collapse)."""
+        return [name for name, density in (self.layer_densities or {}).items() if density == 0]
+
+    @property
+    def disconnected(self) -> bool:
+        """This run's mask leaves a class unreachable or most kept weights on no input-output path."""
+        return bool(self.summary.get("mask_disconnected"))
+
 
 @dataclass(frozen=True)
 class Gain:
@@ -139,10 +149,7 @@ class Group:
     @cached_property
     def collapsed_layers(self) -> list[str]:
         """Layers some run's mask leaves empty (layer collapse), from the mask file or kept densities."""
-        empty = {
-            name for run in self.runs for name, density in (run.layer_densities or {}).items() if density == 0
-        }
-        return sorted(empty)
+        return sorted({name for run in self.runs for name in run.collapsed_layers})
 
     @cached_property
     def changed_architecture(self) -> str:
@@ -157,7 +164,7 @@ class Group:
     @property
     def disconnected(self) -> bool:
         """Some run's mask leaves a class unreachable or most kept weights on no input-output path."""
-        return any(run.summary.get("mask_disconnected") for run in self.runs)
+        return any(run.disconnected for run in self.runs)
 
     def final_cell(self) -> str:
         """Final test accuracy, marked † when the mask collapsed a layer, § when it disconnects the network
@@ -593,14 +600,14 @@ def collapse_note(table: Table) -> str:
         f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}), {_seeds(collapsed)}: "
         f"{', '.join(g.collapsed_layers)}"
         for g in table.groups
-        if (collapsed := [r for r in g.runs if 0 in (r.layer_densities or {}).values()])
+        if (collapsed := [r for r in g.runs if r.collapsed_layers])
     ]
     cut = [
         f"- {g.mask} at {sparsity_label(g.sparsity)} ({g.recipe}), {_seeds(runs)}: effective density "
         f"{statistics.fmean(r.summary['mask_effective_density'] for r in runs):.2e}, "
         f"{min(r.summary['mask_classes_reachable'] for r in runs)} classes reachable"
         for g in table.groups
-        if not g.collapsed_layers and (runs := [r for r in g.runs if r.summary.get("mask_disconnected")])
+        if not g.collapsed_layers and (runs := [r for r in g.runs if r.disconnected])
     ]
     note = "\n† Layer collapse: the mask leaves these layers without a weight:\n\n" + "\n".join(lines) + "\n"
     cut_note = (
