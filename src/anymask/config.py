@@ -66,6 +66,9 @@ class TrainConfig:
     """Nesterov momentum."""
     weight_decay: float = 5e-4
     """L2 weight decay (pruned weights are 0 and stay 0)."""
+    masked_weight_decay: float | None = None
+    """Weight decay of the weights the mask covers (the prunable Conv2d/Linear weights), when it should
+    differ from `weight_decay` (which then applies to the rest: BatchNorm, biases); unset: the same."""
     lr_schedule: str = "cosine"
     """'cosine', 'step', 'onecycle' or 'constant'."""
     lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
@@ -118,6 +121,14 @@ ADDED_SETTINGS: dict[str, Any] = {
     "dst_end": 0.75,
     "prune_bn_mode": "train",
     "init": "default",
+    "masked_weight_decay": None,
+    "gw_lambda": 0.05,
+    "gw_form": "relative",
+    "fold_at": "ghost",
+    "fold_branches": "kxk,1x1",
+    "teacher": None,
+    "kd_temperature": 4.0,
+    "kd_weight": 0.9,
 }
 
 # Architectures changed after runs were made, with their current revision. A run of such a model hashes

@@ -32,16 +32,33 @@ def traced_ghost_skip_sites(
     out. The model runs once in eval mode without gradients on a probe batch of `input_shape` images;
     its modes, weights, buffers and the global random state are left as they were.
     """
+    pairs = traced_conv_norm_pairs(model, input_shape, call)
+    stem = pairs.stem
+    sites = [(conv, bn) for conv, bn in pairs if conv != stem and not SHORTCUT_NAMES & set(conv.split("."))]
+    return list(dict.fromkeys(sites))  # a module run twice is one site
+
+
+class ConvNormPairs(list):
+    """(conv, BN) path pairs, in the order they ran; `stem` is the first conv that ran (or None)."""
+
+    stem: str | None = None
+
+
+def traced_conv_norm_pairs(
+    model: nn.Module, input_shape: tuple[int, ...], call: ModelCall | None = None
+) -> ConvNormPairs:
+    """Every (conv, BN) pair of module paths where a BatchNorm2d takes a Conv2d's output directly (the
+    stem and shortcuts included), found by running the model once as `traced_ghost_skip_sites` does."""
     names = {module: name for name, module in reversed(list(model.named_modules()))}  # first name wins
     convs: list[tuple[str, torch.Tensor]] = []  # (name, output), in the order they ran
-    pairs: list[tuple[str, str]] = []
+    pairs = ConvNormPairs()
 
     def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
             convs.append((names[module], output))  # keeping the output alive keeps its identity unique
         elif isinstance(module, nn.BatchNorm2d) and args and isinstance(args[0], torch.Tensor):
             producer = next((name for name, out in reversed(convs) if out is args[0]), None)
-            if producer is not None:
+            if producer is not None and (producer, names[module]) not in pairs:
                 pairs.append((producer, names[module]))
 
     watched = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
@@ -56,9 +73,8 @@ def traced_ghost_skip_sites(
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    stem = convs[0][0] if convs else None
-    sites = [(conv, bn) for conv, bn in pairs if conv != stem and not SHORTCUT_NAMES & set(conv.split("."))]
-    return list(dict.fromkeys(sites))  # a module run twice is one site
+    pairs.stem = convs[0][0] if convs else None
+    return pairs
 
 
 def probe_batch(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:

@@ -38,6 +38,8 @@ class RecipeContext:
     # part that must reach every BatchNorm the forward runs through (GradInit's recalibration) finds
     # them here, as model.modules() cannot.
     outside_modules: list[nn.Module] = field(default_factory=list)
+    # The masked weights as initialised, before pruning zeroed them (ghost weights start from them).
+    initial_weights: dict[str, torch.Tensor] | None = None
 
 
 class RecipePart:
@@ -72,6 +74,25 @@ class RecipePart:
         """The training loss, or None to leave it to another part (cross-entropy by default)."""
         return None
 
+    def mix_loss(
+        self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, epoch: float
+    ) -> torch.Tensor:
+        """The loss with this part's term mixed in (a distillation term); `loss` by default."""
+        return loss
+
+    def penalty(self) -> torch.Tensor | None:
+        """A term added to the training loss after any mixing (a squeeze on pruned weights), or None."""
+        return None
+
+    def enforced_mask(self, mask: Any) -> Any:
+        """The mask the trainer should enforce from the start (ghost weights keep every weight alive)."""
+        return mask
+
+    def bind(self, optimizer: torch.optim.Optimizer, enforcer: Any) -> None:
+        """Called once the trainer has built its optimizer and mask enforcer (anymask.masks.MaskEnforcer,
+        or None without a mask), before any checkpoint is loaded: for parts that change what the enforcer
+        keeps or clear optimizer state when they leave."""
+
     def ghost_end(self) -> float:
         """Epoch at which a ghost part is removed (inf for non-ghost parts)."""
         return float("inf")
@@ -81,6 +102,10 @@ class RecipePart:
 
     def metrics(self) -> dict[str, float]:
         """Values to log with each epoch (schedule positions, learned scales...)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Entries for the run's summary.json (a teacher's training cost, what a ghost left behind)."""
         return {}
 
     def model_change(self) -> str:
@@ -115,7 +140,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 # Parts run in this order whatever order --recipe lists them in: what changes the network comes before
 # GradInit, so its scales fit the network that trains.
-ORDER = ("gsn", "smooth", "gsc", "dense-skips", "lrsi", "ls")
+ORDER = ("sparse-init", "gw", "gsn", "smooth", "gsc", "dense-skips", "fold", "lrsi", "ls", "kd")
 EXCLUSIVE = {("gsn", "smooth"): "both replace every ReLU module"}
 
 
@@ -147,7 +172,10 @@ class Recipe:
 
     def __init__(self, parts: list[RecipePart]) -> None:
         self.parts = parts
-        self._removed = False
+        self.prepared: list[
+            RecipePart
+        ] = []  # the parts `prepare` installed (a resumed run skips spent ghosts)
+        self.removals = 0  # ghost parts taken out so far: the network's cost changes with each
 
     @classmethod
     def from_config(cls, config: Any, total_epochs: float) -> Recipe:
@@ -185,6 +213,12 @@ class Recipe:
         for part in self._to_prepare(context):
             part.prepare(context)
             context.outside_modules.extend(part.modules())
+            self.prepared.append(part)
+
+    def bind(self, optimizer: torch.optim.Optimizer, enforcer: Any) -> None:
+        """Hand the trainer's optimizer and mask enforcer to every prepared part (RecipePart.bind)."""
+        for part in self.prepared:
+            part.bind(optimizer, enforcer)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for part in self.parts for p in part.parameters()]
@@ -197,6 +231,9 @@ class Recipe:
         dropped: list[nn.Parameter] = []
         for part in self.parts:
             if part.ghost and epoch >= part.ghost_end():
+                if part in self.prepared:
+                    self.removals += 1
+                    self.prepared.remove(part)
                 dropped += part.parameters()
                 part.remove()
             else:
@@ -204,11 +241,23 @@ class Recipe:
         return dropped
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, epoch: float) -> torch.Tensor:
+        loss = next(
+            (value for part in self.parts if (value := part.loss(logits, targets, epoch)) is not None), None
+        )
+        if loss is None:
+            loss = nn.functional.cross_entropy(logits, targets)
         for part in self.parts:
-            value = part.loss(logits, targets, epoch)
-            if value is not None:
-                return value
-        return nn.functional.cross_entropy(logits, targets)
+            loss = part.mix_loss(loss, logits, targets, epoch)
+        for part in self.parts:
+            if (term := part.penalty()) is not None:
+                loss = loss + term
+        return loss
+
+    def enforced_mask(self, mask: Any) -> Any:
+        """What the trainer's enforcer keeps at first: `mask`, unless a prepared part widens it."""
+        for part in self.prepared:
+            mask = part.enforced_mask(mask)
+        return mask
 
     def in_ghost_phase(self, epoch: float) -> bool:
         """True while some ghost part is still in the model: such a model is not the final one."""
@@ -217,10 +266,16 @@ class Recipe:
     def remove_ghosts(self) -> None:
         for part in self.parts:
             if part.ghost:
+                if part in self.prepared:
+                    self.removals += 1
+                    self.prepared.remove(part)
                 part.remove()
 
     def metrics(self) -> dict[str, float]:
         return {f"{part.name}/{k}": v for part in self.parts for k, v in part.metrics().items()}
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for part in self.parts for k, v in part.summary().items()}
 
     def architecture(self) -> dict[str, Any]:
         """Summary fields of a run whose trained model is not the plain architecture; {} when it is."""

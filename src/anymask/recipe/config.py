@@ -45,6 +45,24 @@ class RecipeConfig:
     """Label smoothing: probability mass moved from the true class, spread evenly over the others."""
     ls_schedule: str = "constant"
     """Smoothing over time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""
+    gw_lambda: float = 0.05
+    """Ghost weights: the squeeze's strength at the end of the ghost phase (it rises on ghost_schedule)."""
+    gw_form: str = "relative"
+    """Ghost weights: 'relative' squeezes each unit's share of its weight norm outside the mask
+    (scale-free, so BatchNorm does not undo it); 'absolute' the plain L2 norm outside the mask (DLTH)."""
+    fold_at: str = "ghost"
+    """Folding branches: fold at the end of the ghost phase ('ghost') or only after the last epoch ('end',
+    as RepVGG: the branches train all run)."""
+    fold_branches: str = "kxk,1x1"
+    """Folding branches per masked conv: 'kxk' (a second conv under the same mask), '1x1' (on the centre
+    taps the mask keeps), or both, comma-separated."""
+    teacher: str | None = None
+    """Distillation: a finished run folder (or its model.safetensors) of a network trained on the same
+    data, whose softened outputs the student learns from."""
+    kd_temperature: float = 4.0
+    """Distillation: softmax temperature of teacher and student (the KL term is scaled by its square)."""
+    kd_weight: float = 0.9
+    """Distillation: share of the loss from the teacher; the rest from the labels."""
 
     def inert_settings(self) -> set[str]:
         """Settings of the parts this recipe leaves out: they cannot change the run's numbers, so they stay
@@ -67,4 +85,8 @@ PART_SETTINGS: dict[str, tuple[str, ...]] = {
     "ls": ("ls_",),
     "smooth": ("gsn_",),  # the official variant's permanent activation is gsn_soft
     "dense-skips": (),
+    "gw": ("gw_", "ghost_"),
+    "fold": ("fold_", "ghost_"),
+    "kd": ("kd_", "teacher"),
+    "sparse-init": (),
 }

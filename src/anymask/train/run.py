@@ -27,6 +27,7 @@ from anymask.config import MODEL_REVISIONS, RunConfig, load_run_config, save_con
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
+from anymask.flops import counting_macs, forward_macs, step_macs
 from anymask.io import atomic_write_text, check_output_folder
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.masks.config import BN_MODES
@@ -88,6 +89,7 @@ def validate(config: RunConfig) -> None:
         "bn_recalibration_batches": (t.bn_recalibration_batches >= 0, "0 or more"),
         "width": (config.model.width > 0, "a positive multiplier"),
         "weight_decay": (t.weight_decay >= 0, "0 or more"),
+        "masked_weight_decay": (t.masked_weight_decay is None or t.masked_weight_decay >= 0, "0 or more"),
         "momentum": (0 <= t.momentum < 1, "in [0, 1)"),
         "lr": (t.lr > 0 and math.isfinite(t.lr), "a positive number"),
         "lr_gamma": (t.lr_gamma > 0 and math.isfinite(t.lr_gamma), "a positive number, e.g. 0.1"),
@@ -333,12 +335,18 @@ class _Run:
             self.write_config(start_step)
             mask.save(self.out_dir / MASK)
         barrier(self.world)
+        initial = {name: model.get_parameter(name).detach().clone() for name in mask}  # before pruning
         mask.apply(model)
         start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
-        recipe.prepare(self.recipe_context(model, mask, start_epoch))
+        began = time.perf_counter()
+        with counting_macs() as prepare_counts:
+            recipe.prepare(self.recipe_context(model, mask, start_epoch, initial))
         trainer = Trainer(
             model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
         )
+        if not self.resuming:  # a resumed run reads the set-up's cost from its checkpoint
+            trainer.cost.prepare_macs = step_macs(prepare_counts)
+            trainer.cost.prepare_seconds = time.perf_counter() - began
         trainer.extensions = self.extensions(trainer, model, mask)
         history: list[dict[str, Any]] = []
         if self.resuming:
@@ -369,7 +377,13 @@ class _Run:
         )
         return create_extensions(context)
 
-    def recipe_context(self, model: nn.Module, mask: Mask | None, start_epoch: float) -> RecipeContext:
+    def recipe_context(
+        self,
+        model: nn.Module,
+        mask: Mask | None,
+        start_epoch: float,
+        initial_weights: dict[str, torch.Tensor] | None = None,
+    ) -> RecipeContext:
         return RecipeContext(
             model,
             mask,
@@ -380,6 +394,7 @@ class _Run:
             start_epoch,
             self.config.train.channels_last,
             self.out_dir if self.world.is_main else None,
+            initial_weights=initial_weights,
         )
 
     def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
@@ -444,10 +459,12 @@ class _Run:
         # Permanent parts (tost-official) leave a model that is not the plain architecture: say so.
         architecture = trainer.recipe.architecture()
         summary = {**summarize(self.config, mask, history, trainer.model), **architecture}
+        summary.update(trainer.recipe.summary())
+        with torch.random.fork_rng(devices=[]):
+            plain = self.new_model()
         if self.world.is_main:  # of the plain architecture: permanent parts (tost-official) add paths
-            with torch.random.fork_rng(devices=[]):
-                plain = self.new_model()
             summary.update(connectivity_summary(plain, mask, self.data.input_shape))
+        summary.update(training_cost(trainer, plain, mask, self.data.input_shape))
         for extension in trainer.extensions:
             summary.update(extension.summary())
             extension.finish()
@@ -457,6 +474,18 @@ class _Run:
             (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
         barrier(self.world)
         return RunResult(self.out_dir, summary)
+
+
+def training_cost(
+    trainer: Trainer, plain: nn.Module, mask: Mask, input_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """This run's training FLOPs and those of the default protocol on the same mask (train/cost.py)."""
+    from anymask.models.calling import ModelCall
+
+    mask.apply(plain)
+    example = torch.zeros((1, *input_shape), device=next(plain.parameters()).device)
+    default = forward_macs(plain, example, ModelCall.of(plain, trainer.call.output_fn))
+    return trainer.cost.summary(default)
 
 
 def nonzero_count(model: nn.Module, mask: Mask) -> int:

@@ -22,6 +22,7 @@ from anymask.config import RunConfig
 from anymask.data import ImageDataset, iterate_batches, num_batches, shuffled_train_batches
 from anymask.errors import AnymaskError
 from anymask.extensions import TrainerExtension
+from anymask.flops import CostMeter
 from anymask.masks import Mask, MaskEnforcer
 from anymask.models.calling import ModelCall, OutputFn
 from anymask.recipe import Recipe
@@ -79,15 +80,26 @@ class Trainer:
                 f"no training batches: {len(data.train_y)} images with batch size {config.train.batch_size}"
             )
         self.total_steps = self.epochs * self.steps_per_epoch
-        self.optimizer = self._build_optimizer()
-        self.enforcer = MaskEnforcer(model, mask, self.optimizer) if mask is not None else None
+        self.optimizer = self._build_optimizer(mask)
+        self.enforcer = (
+            MaskEnforcer(model, self.recipe.enforced_mask(mask), self.optimizer) if mask is not None else None
+        )
+        self.recipe.bind(self.optimizer, self.enforcer)
         self.network = self._wrap(model)
         self.extensions: list[TrainerExtension] = []  # see anymask.extensions (the run pipeline fills it)
+        self.cost = CostMeter()
 
     # -- set-up ------------------------------------------------------------------------------------
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def _build_optimizer(self, mask: Mask | None) -> torch.optim.Optimizer:
         c = self.train_config
-        groups: list[dict[str, Any]] = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if c.masked_weight_decay is not None and mask is not None:  # the masked weights get their own group
+            masked = {id(self.model.get_parameter(name)) for name in mask}
+            groups = [
+                {"params": [p for p in params if id(p) not in masked]},
+                {"params": [p for p in params if id(p) in masked], "weight_decay": c.masked_weight_decay},
+            ]
         extra = self.recipe.parameters()
         if extra:
             groups.append({"params": extra, "ghost": True})
@@ -191,9 +203,17 @@ class Trainer:
         lr = lr_at(step, self.total_steps, self.train_config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with self.autocast():
+        epoch = step // self.steps_per_epoch
+        measure = self.cost.wants_measure(epoch, self.recipe.removals)
+        with (
+            self.cost.measuring(epoch, self.recipe.removals, len(labels))
+            if measure
+            else contextlib.nullcontext(),
+            self.autocast(),
+        ):
             logits = self.call(self.network, images)
             loss = self.recipe.loss(logits.float(), labels, epoch_time)
+        self.cost.add_step(len(labels) * self.world.size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.ghost_parameters(), self.world)
@@ -269,12 +289,14 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "recipe": self.recipe.state_dict(),
             "extensions": {extension.name: extension.state_dict() for extension in self.extensions},
+            "cost": self.cost.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.recipe.load_state_dict(state["recipe"])
+        self.cost.load_state_dict(state.get("cost", {}))
         for extension in self.extensions:  # before re-zeroing: an extension may have changed the mask
             if extension.name not in state.get("extensions", {}):
                 raise AnymaskError(f"the checkpoint holds no '{extension.name}' state to resume from")

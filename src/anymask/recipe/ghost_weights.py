@@ -1,0 +1,138 @@
+"""Ghost weights (gw): the pruned weights start alive, are squeezed towards zero, and are cut.
+
+A dense start trains more weights early, when a sparse network learns slowest; the squeeze hands what
+they learned over to the kept weights before they leave (the "dual lottery ticket" squeeze, Bai et al.,
+ICLR 2022). During the ghost phase every masked weight trains, and a penalty `lambda(t) * P(w)`,
+`lambda` rising on `ghost_schedule` from 0 to `gw_lambda`, pulls the weights outside the mask to zero.
+At the end of the phase the weights outside the mask and their optimizer state are set to exactly zero
+and the mask is enforced from then on; the run's records keep how much weight norm was still outside
+the mask at that moment (`gw/outside_fraction`, `gw/outside_norm`).
+
+Why `relative` is the default form: behind a BatchNorm a unit's output ignores the scale of its weights,
+and its effective learning rate grows as 1/||w||^2. The plain penalty (`absolute`: P = sum of squared
+weights outside the mask) shrinks a 98%-pruned unit's norm several-fold, so the kept weights are thrown
+about; a calibration run fell 8-25 points behind the default protocol mid-run (docs/recipe.md). The
+`relative` penalty squeezes each output unit's share of its squared norm outside the mask,
+P = sum over units of ||w_u * (1 - m_u)||^2 / ||w_u||^2, which does not change when a unit's weights are
+scaled: its gradient is orthogonal to w_u, so it turns the unit towards the mask without shrinking it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from anymask.errors import AnymaskError
+from anymask.recipe.base import RECIPE_PARTS, RecipeContext, check_choice
+from anymask.recipe.schedules import GhostPart
+
+FORMS = ("relative", "absolute")
+
+
+def outside_share(weight: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    """Per output unit (dim 0): squared norm outside the mask over the unit's squared norm."""
+    squares = weight.pow(2).flatten(1)
+    return (squares * outside.flatten(1)).sum(1) / squares.sum(1).clamp_min(1e-12)
+
+
+@RECIPE_PARTS.register("gw")
+class GhostWeights(GhostPart):
+    """Every masked weight alive until the ghost end, squeezed out of the mask, then cut exactly."""
+
+    name = "gw"
+
+    def __init__(self, config: Any, total_epochs: float) -> None:
+        super().__init__(config, total_epochs)
+        self.form = check_choice("gw_form", config.gw_form, FORMS)
+        if not (config.gw_lambda >= 0 and config.gw_lambda < float("inf")):
+            raise AnymaskError(f"gw_lambda must be a finite number >= 0, got {config.gw_lambda}")
+        self.weights: list[nn.Parameter] = []
+        self.outside: list[torch.Tensor] = []  # 1 where the mask prunes, per weight
+        self.mask: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.enforcer: Any = None
+        self.cut = False
+        self.at_cut: dict[str, float] = {}
+
+    def check(self, context: RecipeContext) -> str | None:
+        if context.mask is not None and not len(context.mask):
+            return "a mask to squeeze into (this run prunes nothing)"
+        if context.config.dst.dst != "none":
+            return "a fixed mask, and dynamic sparse training moves it (drop gw or --dst)"
+        return None
+
+    def prepare(self, context: RecipeContext) -> None:
+        self.mask = context.mask
+        self.weights = [context.model.get_parameter(name) for name in context.mask]
+        self.outside = [
+            (~context.mask[name]).to(p.device, p.dtype)
+            for name, p in zip(context.mask, self.weights, strict=True)
+        ]
+        if not context.resuming and context.initial_weights is not None:
+            with torch.no_grad():  # pruning zeroed them: they start from their initial values
+                for name, weight in zip(context.mask, self.weights, strict=True):
+                    initial = context.initial_weights[name].to(weight.device, weight.dtype)
+                    weight.copy_(torch.where(context.mask[name].to(weight.device), weight, initial))
+        self.update(context.start_epoch)
+
+    def enforced_mask(self, mask: Any) -> Any:
+        from anymask.masks import Mask
+
+        return Mask({name: torch.ones_like(tensor) for name, tensor in mask.items()})
+
+    def bind(self, optimizer: torch.optim.Optimizer, enforcer: Any) -> None:
+        self.optimizer, self.enforcer = optimizer, enforcer
+
+    def strength(self) -> float:
+        return self.config.gw_lambda * self.progress
+
+    def penalty(self) -> torch.Tensor | None:
+        if self.cut or not self.weights or self.strength() == 0:
+            return None
+        if self.form == "relative":
+            total = sum(outside_share(w, o).sum() for w, o in zip(self.weights, self.outside, strict=True))
+        else:
+            total = sum((w * o).pow(2).sum() for w, o in zip(self.weights, self.outside, strict=True))
+        return self.strength() * total
+
+    @torch.no_grad()
+    def outside_norms(self) -> dict[str, float]:
+        """Squared weight norm outside the mask: its square root and its share of the masked weights'."""
+        outside = sum(float((w * o).pow(2).sum()) for w, o in zip(self.weights, self.outside, strict=True))
+        total = sum(float(w.pow(2).sum()) for w in self.weights)
+        return {"outside_norm": outside**0.5, "outside_fraction": outside / max(total, 1e-12)}
+
+    @torch.no_grad()
+    def remove(self) -> None:
+        """The cut: weights outside the mask and their optimizer state to exactly zero, the mask enforced."""
+        if self.cut or not self.weights:
+            self.cut = True
+            return
+        self.at_cut = self.outside_norms()
+        if self.optimizer is not None:
+            for weight, outside in zip(self.weights, self.outside, strict=True):
+                for value in self.optimizer.state.get(weight, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == weight.shape:
+                        value.mul_(1 - outside)  # momentum (or Adam's moments) of pruned weights
+        if self.enforcer is not None:
+            self.enforcer.set_mask(self.mask)  # zeroes the pruned weights and keeps them zero
+        else:
+            for weight, outside in zip(self.weights, self.outside, strict=True):
+                weight.mul_(1 - outside)
+        self.cut, self.progress = True, 1.0
+
+    def metrics(self) -> dict[str, float]:
+        if self.cut:
+            return {f"{key}_at_cut": value for key, value in self.at_cut.items()}
+        return {"lambda": self.strength(), **self.outside_norms()}
+
+    def summary(self) -> dict[str, Any]:
+        return {f"gw_{key}_at_cut": value for key, value in self.at_cut.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cut": self.cut, "at_cut": self.at_cut}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.at_cut = dict(state.get("at_cut", {}))
