@@ -78,8 +78,8 @@ def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sparsity", "1.5"], "sparsity 1.5 is outside [0, 1)"),
-        (["--sparsity", "-0.1"], "sparsity -0.1 is outside [0, 1)"),
+        (["--sparsity", "1.5"], "invalid sparsity: 1.5 is outside [0, 1)"),
+        (["--sparsity", "-0.1"], "invalid sparsity: -0.1 is outside [0, 1)"),
         (["--model", "resnet99"], "unknown model 'resnet99'"),
         (["--data", "cifar10", "--data-dir", "/nonexistent"], "cifar-10-batches-py"),
         (["--mask", "/nonexistent/mask.safetensors"], "mask file not found"),

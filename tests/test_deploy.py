@@ -163,6 +163,10 @@ def _fake_run(folder: Path, model: nn.Module, mask: Mask, model_name: str, data:
     save_config(config, folder / "config.json")
     mask.save(folder / "mask.safetensors")
     save_weights(model, folder / "model.safetensors")
+    summary = {"config_hash": config.hash(), "model": model_name, "data": data, "mask_method": "random"}
+    summary |= {"sparsity": 0.9, "recipe": "default", "seed": 0, "epochs": 1, "final_test_acc": 0.5}
+    summary |= {"best_test_acc": 0.5, "nonzero_weights": mask.kept(), "mask_total": mask.total()}
+    (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
 
@@ -179,10 +183,10 @@ def test_cli_export_of_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert torch.equal(rebuilt.state_dict()[name], tensor), name
     assert json.loads((run / "config.json").read_text())["model"]["width"] == 0.25
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.safetensors")]) == 2
-    (run / "model.safetensors").unlink()
+    (run / "summary.json").rename(run / "summary.json.bak")
     assert main(["export", str(run), "--out", str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "run folder not found" in err[0] and "has not finished" in err[1]
+    assert len(err) == 2 and "run folder not found" in err[0] and "holds an unfinished run" in err[1]
 
 
 def test_export_refuses_a_factory_model_and_a_tost_official_run(
@@ -204,7 +208,8 @@ def test_export_refuses_a_factory_model_and_a_tost_official_run(
     assert main(["export", str(run), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert not (tmp_path / "ran").exists() and not (tmp_path / "x.safetensors").exists()
     official = _fake_run(tmp_path / "official", model, mask, "cnn", "digits")
-    (official / "summary.json").write_text(json.dumps({"plain_architecture": False}))
+    summary = json.loads((official / "summary.json").read_text())
+    (official / "summary.json").write_text(json.dumps({**summary, "plain_architecture": False}))
     assert main(["export", str(official), "--out", str(tmp_path / "y.safetensors")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "does not import code" in err[0] and "tost-official run" in err[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anymask.bounds import Bounds, bounded, bounds_of, check_setting, check_settings
 from anymask.dst.config import DstConfig
 from anymask.errors import AnymaskError
 from anymask.masks.config import MaskConfig
@@ -29,7 +31,7 @@ class ModelConfig:
     model: str = "cnn"
     """Architecture from the model registry (resnet20, resnet18, vgg16, mobilenetv2, cnn, ...), or your own
     factory as package.module:function (docs/own-model.md)."""
-    width: float = 1.0
+    width: float = bounded(1.0, low=0, high=64, low_open=True)
     """Channel width multiplier."""
     init: str = "default"
     """Weight initialisation: 'default' (the model's own: kaiming_fan_in for vgg16, as Synaptic-Flow;
@@ -44,9 +46,9 @@ class DataConfig:
     """Folder that contains the dataset's official folder (e.g. cifar-10-batches-py)."""
     download: bool = False
     """Fetch the official archive when the dataset folder is missing."""
-    val_split: int = 0
+    val_split: int = bounded(0, low=0, high=100_000_000)
     """Hold out this many training images for validation (the paper holds out 5,000)."""
-    train_subset: int | None = None
+    train_subset: int | None = bounded(None, low=1, high=100_000_000)
     """Train on the first N training images only (quick runs)."""
     augment: bool = True
     """Random crop with padding and horizontal flip (as the dataset defines them)."""
@@ -54,30 +56,30 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = bounded(10, low=1, high=100_000)
     """Training epochs."""
-    batch_size: int = 128
+    batch_size: int = bounded(128, low=1, high=1_000_000)
     """Global batch size (split across processes under torchrun)."""
-    lr: float = 0.1
+    lr: float = bounded(0.1, low=0, high=1000, low_open=True)
     """Peak learning rate."""
-    momentum: float = 0.9
+    momentum: float = bounded(0.9, low=0, high=1, high_open=True)
     """SGD momentum."""
     nesterov: bool = False
     """Nesterov momentum."""
-    weight_decay: float = 5e-4
+    weight_decay: float = bounded(5e-4, low=0, high=10)
     """L2 weight decay (pruned weights are 0 and stay 0)."""
-    masked_weight_decay: float | None = None
+    masked_weight_decay: float | None = bounded(None, low=0, high=10)
     """Weight decay of the weights the mask covers (the prunable Conv2d/Linear weights), when it should
     differ from `weight_decay` (which then applies to the rest: BatchNorm, biases); unset: the same."""
     lr_schedule: str = "cosine"
     """'cosine', 'step', 'onecycle' or 'constant'."""
-    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_milestones: list[float] = bounded(low=0, high=1, default_factory=lambda: [0.5, 0.75])
     """Step schedule: fractions of the run at which the learning rate is multiplied by lr_gamma."""
-    lr_gamma: float = 0.1
+    lr_gamma: float = bounded(0.1, low=0, high=1000, low_open=True)
     """Step schedule: multiplier at each milestone."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = bounded(0.0, low=0, high=100_000)
     """Linear learning-rate warm-up (cosine and step schedules)."""
-    seed: int = 0
+    seed: int = bounded(0, low=0, high=2**32 - 1)
     """Seed for weights, data order and augmentation; the same seed reproduces a CPU run."""
     device: str = "auto"
     """'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ..."""
@@ -87,12 +89,12 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on CPU)."""
     compile: bool = False
     """torch.compile the model."""
-    eval_batch_size: int = 500
+    eval_batch_size: int = bounded(500, low=1, high=1_000_000)
     """Batch size for evaluation."""
-    bn_recalibration_batches: int = 0
+    bn_recalibration_batches: int = bounded(0, low=0, high=100_000)
     """While ghost parts are in the model, evaluate with BatchNorm statistics recomputed from this many
     training batches (training itself is unchanged); 0 evaluates with the running statistics."""
-    threads: int | None = None
+    threads: int | None = bounded(None, low=1, high=4096)
     """CPU threads for this run (default: PyTorch's choice)."""
     progress: bool = True
     """Show progress bars."""
@@ -263,7 +265,8 @@ def _fail(key: str, expected: str, value: Any) -> Any:
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Convert a value from a file or the command line to the type the field declares."""
+    """Convert a value from a file or the command line to the type the field declares, within the range
+    the field declares (`anymask.bounds`)."""
     kind, optional = _unwrap_optional(field_types()[key])
     if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
         if optional:
@@ -274,16 +277,29 @@ def coerce(key: str, value: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             _fail(key, "a list", value)
-        return [_coerce_scalar(key, item, v) for v in items]
-    return _coerce_scalar(key, kind, value)
+        result: Any = [_coerce_scalar(key, item, v) for v in items]
+    else:
+        result = _coerce_scalar(key, kind, value)
+    check_setting(key, result, setting_bounds().get(key))
+    return result
+
+
+@functools.cache
+def setting_bounds() -> dict[str, Bounds]:
+    """Flat key -> the range its field declares, for every numeric setting."""
+    return bounds_of(SECTIONS.values())
+
+
+def check_bounds(config: RunConfig) -> None:
+    """Every numeric setting of `config` within its declared range: one line for the first that is not."""
+    check_settings(config.to_flat(), setting_bounds())
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Flat settings from a TOML or YAML file; sections ([mask], [train]...) are optional."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnymaskError(f"config file not found: {path}")
-    return flat_settings(parse_file(path), f"config file {path}")
+    from anymask.artifacts import read_settings_file
+
+    return flat_settings(read_settings_file(path, "config file"), f"config file {path}")
 
 
 def flat_settings(table: Any, where: str) -> dict[str, Any]:
@@ -303,25 +319,6 @@ def flat_settings(table: Any, where: str) -> dict[str, Any]:
     return flat
 
 
-def parse_file(path: Path) -> Any:
-    text = path.read_text()
-    try:
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            return yaml.safe_load(text) or {}
-        if path.suffix == ".json":
-            return json.loads(text)
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        return tomllib.loads(text)
-    except Exception as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AnymaskError(f"cannot parse config file {path}: {first_line}") from None
-
-
 def save_config(config: RunConfig, path: Path) -> None:
     """The resolved config as JSON (sections), written atomically; a model whose architecture changed
     since runs were made also gets its revision (`MODEL_REVISIONS`), so the folder says which it trained."""
@@ -337,11 +334,18 @@ def load_run_config(path: Path) -> RunConfig:
     """A saved config; a setting it predates takes the value it trained with (`ADDED_SETTINGS`), which
     is not always today's default (prune_bn_mode: saved runs scored in 'train', the default is 'eval').
     Top-level entries that are not sections (`start_step`, `model_revision`) are not settings."""
-    data = json.loads(Path(path).read_text())
+    from anymask.artifacts import damaged, read_saved_config
+
+    data = read_saved_config(path)
     flat = {k: v for section in data.values() if isinstance(section, dict) for k, v in section.items()}
-    return RunConfig.from_flat({**ADDED_SETTINGS, **flat})
+    try:
+        return RunConfig.from_flat({**ADDED_SETTINGS, **flat})
+    except AnymaskError as error:  # an edited or foreign file: name it, not just the setting
+        raise damaged(path, "config.json", str(error)) from None
 
 
 def saved_model_revision(path: Path) -> int:
     """The architecture revision a saved run trained (1: before its model was first changed)."""
-    return int(json.loads(Path(path).read_text()).get("model_revision", 1))
+    from anymask.artifacts import read_saved_config
+
+    return int(read_saved_config(path).get("model_revision", 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,11 +55,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 # -- checking where output goes, before any work is done -----------------------------------------------
 def _first_existing(path: Path) -> Path:
-    """`path` or its nearest ancestor that exists (what a mkdir -p would create folders in)."""
-    path = path.absolute()
+    """`path` or its nearest ancestor that exists (what a mkdir -p would create folders in), written as
+    the user wrote it (a relative path stays relative)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def _cannot_write_in(folder: Path) -> str | None:
+    """Why no file can be created in `folder`, or None when one can.
+
+    Permission bits alone do not say it (root passes every access() check, yet a read-only mount or a
+    kernel folder refuses), so a nameless temporary file is made and dropped (O_TMPFILE: it never
+    appears in the folder).
+    """
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "permission denied"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
 
 
 def _check_creatable(path: Path, flag: str) -> None:
@@ -66,23 +83,24 @@ def _check_creatable(path: Path, flag: str) -> None:
     base = _first_existing(path.parent)
     if not base.is_dir():
         raise AnymaskError(f"{flag} {path}: {base} is a file, not a folder; choose another {flag}")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise AnymaskError(
-            f"{flag} {path}: cannot write in {base} (permission denied); choose another {flag}"
-        )
+    reason = _cannot_write_in(base)
+    if reason:
+        raise AnymaskError(f"{flag} {path}: cannot write in {base} ({reason}); choose another {flag}")
 
 
-def check_output_folder(path: str | Path, flag: str = "--out") -> None:
-    """One line, before anything is computed, when `path` cannot become a folder anymask writes into."""
+def check_output_folder(path: str | Path, flag: str = "--out", *, beside: bool = False) -> None:
+    """One line, before anything is computed, when `path` cannot become a folder anymask writes into
+    (`beside`: nor can a file be written beside it, as a run folder's lock is). The message names the
+    path as the user gave it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AnymaskError(f"{flag} {path} is a file, not a folder; choose another {flag}")
     if path.is_dir():
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise AnymaskError(
-                f"{flag} {path}: cannot write in it (permission denied); choose another {flag}"
-            )
-        return
+        reason = _cannot_write_in(path)
+        if reason:
+            raise AnymaskError(f"{flag} {path}: cannot write in it ({reason}); choose another {flag}")
+        if not beside:
+            return
     _check_creatable(path, flag)
 
 

@@ -158,27 +158,25 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _digest_matches(tensors: Mapping[str, torch.Tensor], recorded: str | None) -> bool:
+    try:
+        return _digest(tensors) == recorded
+    except (RuntimeError, TypeError):  # a dtype numpy cannot view as bytes: not what export writes
+        return False
+
+
 # -- reading -------------------------------------------------------------------------------------------
 def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelSpec | None]:
     """The full state dict of an export (pruned weights as zeros) and the model it is for, if recorded.
 
     A missing, truncated, corrupt or foreign file raises a one-line `AnymaskError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise AnymaskError(f"export file not found: {path}")
-    again = "export it again with `anymask export RUN_DIR --out FILE`"
-    try:
-        from safetensors import safe_open
+    from anymask.artifacts import read_export
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as error:
-        raise AnymaskError(
-            f"cannot read {path}: the file is truncated or not a safetensors file ({_first_line(error)}); "
-            f"{again}"
-        ) from None
+    path = Path(path)
+    again = "export it again with `anymask export RUN_DIR --out FILE`"
+    export = read_export(path)
+    metadata, tensors = export.metadata, export.tensors
     if metadata.get("format") != FORMAT:
         raise AnymaskError(f"{path} is not an anymask sparse export (no '{FORMAT}' tag); {again}")
     if metadata.get("version") != VERSION:
@@ -186,14 +184,14 @@ def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelSpec | 
             f"{path} is an export of format version {metadata.get('version')!r}, this anymask reads "
             f"version {VERSION}; {again}"
         )
-    if _digest(tensors) != metadata.get("sha256"):
+    if not _digest_matches(tensors, metadata.get("sha256")):
         raise AnymaskError(
             f"{path} is corrupt: its tensors do not match the checksum they were written with; {again}"
         )
     try:
         state = _expand(tensors, json.loads(metadata["sparse"]))
         spec = _spec(metadata.get("model"))
-    except (KeyError, ValueError, TypeError, RuntimeError, AnymaskError) as error:
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, AnymaskError) as error:
         raise AnymaskError(f"{path} is corrupt ({_first_line(error)}); {again}") from None
     return state, spec
 

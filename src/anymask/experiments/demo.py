@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anymask.errors import AnymaskError
+from anymask.bounds import check_setting
 from anymask.io import atomic_write_text, check_output_folder
 
 SWEEP_FILE = "demo.toml"
@@ -39,10 +39,9 @@ recipe = ["default", "tost"]
 def run_demo(out: Path, workers: int = 1) -> Path:
     """Run (or resume) the demo sweep into `out`, report it into `out/report`; returns the accuracy plot."""
     from anymask.experiments.report import write_report
-    from anymask.experiments.sweep import run_sweep
+    from anymask.experiments.sweep import WORKERS, run_sweep
 
-    if workers < 1:
-        raise AnymaskError(f"--workers must be at least 1, got {workers}")
+    check_setting("--workers", workers, WORKERS)
     check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_FILE, DEMO_SWEEP)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anymask.config import RunConfig
+from anymask.config import RunConfig, coerce
 from anymask.data import DATASET_SHAPES
 from anymask.errors import AnymaskError
 from anymask.io import check_output_file
@@ -76,9 +76,9 @@ def registry_model(name: str, data: str, width: float, weights: Path | None = No
     torch.manual_seed(0)
     model = create_model(name, classes, shape, width)
     if weights is not None:
-        from safetensors.torch import load_file
+        from anymask.artifacts import read_model_weights
 
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(read_model_weights(weights).tensors)
     return model
 
 
@@ -115,6 +115,7 @@ def inspect_mask(
 
     Without `data`, the model's input shape and classes are those of the first dataset the mask fits.
     """
+    width = coerce("width", width)  # the range a run's --width has
     plot = plot or path.with_name(f"{path.stem}_densities.png")
     check_output_file(plot, "--plot")
     mask = Mask.load(path)

@@ -14,10 +14,12 @@ resumed. Train times go to timings.csv.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 import re
+import shutil
 import statistics
 import warnings
 from collections import Counter
@@ -27,26 +29,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from anymask.artifacts import read_layer_densities, read_metrics, read_summary
 from anymask.config import MODEL_REVISIONS, coerce, load_run_config, saved_model_revision, section_of
 from anymask.errors import AnymaskError
-from anymask.io import atomic_write_text, check_output_folder
+from anymask.io import atomic_write, atomic_write_text, check_output_folder
 
 SUMMARY, CONFIG, METRICS = "summary.json", "config.json", "metrics.jsonl"  # as anymask.train.run writes them
-# What tables read from every summary: one without them is skipped, not a report-wide crash.
-REQUIRED_SUMMARY = frozenset(
-    {
-        "config_hash",
-        "model",
-        "data",
-        "mask_method",
-        "sparsity",
-        "recipe",
-        "seed",
-        "epochs",
-        "final_test_acc",
-        "best_test_acc",
-    }
-)
 KEPT_FILES = (CONFIG, METRICS, SUMMARY, "gradinit_scales.json")  # small, and enough to rebuild a report
 MASK, LAYER_DENSITIES = "mask.safetensors", "layer_densities.json"
 BASELINE = "default"
@@ -82,7 +70,7 @@ class Run:
     @cached_property
     def layer_densities(self) -> dict[str, float] | None:
         """Per-layer mask density, read once per run (the table, the plot and kept runs all use it)."""
-        return layer_densities(self.folder)
+        return layer_densities(self.folder, self.summary["mask_total"])
 
     @property
     def collapsed_layers(self) -> list[str]:
@@ -325,6 +313,7 @@ def collect_runs(dirs: Iterable[Path], metric: str = "test") -> list[Run]:
             continue
         try:
             run = read_run(folder, metric)
+            run.layer_densities  # noqa: B018  (read now: a damaged mask skips its run, not the report)
         except (
             ValueError,
             KeyError,
@@ -354,13 +343,11 @@ def read_run(folder: Path, metric: str = "test") -> Run:
     validation without the test accuracies appearing anywhere in the report, and training accuracy says
     whether a recipe fits the training images better, where test accuracy alone cannot say why.
     """
-    summary = json.loads((folder / SUMMARY).read_text())
-    if not isinstance(summary, dict) or not summary.keys() >= REQUIRED_SUMMARY:
-        raise ValueError(f"{SUMMARY} is not an anymask summary")
+    summary = read_summary(folder / SUMMARY)
     settings = load_run_config(folder / CONFIG).read_settings()
     if summary.get("model") in MODEL_REVISIONS:  # an older architecture's runs never share its cells
         settings["model_revision"] = saved_model_revision(folder / CONFIG)
-    records = [json.loads(line) for line in (folder / METRICS).read_text().splitlines() if line.strip()]
+    records = read_metrics(folder / METRICS)
     ghost_epochs = sum(1 for r in records if r.get("ghost_phase"))
     if metric == "test":
         return Run(folder, summary, settings, [r["test_acc"] for r in records], ghost_epochs)
@@ -920,21 +907,27 @@ def keep_run_files(runs: Sequence[Run], into: Path) -> None:
             continue  # rebuilding a report from its own kept runs
         folder.mkdir(parents=True, exist_ok=True)
         for name in KEPT_FILES:
-            if (run.folder / name).is_file():
-                atomic_write_text(folder / name, (run.folder / name).read_text())
+            if (run.folder / name).is_file():  # copied as bytes: a report never decodes what it copies
+                atomic_write(folder / name, functools.partial(shutil.copyfile, run.folder / name))
         densities = run.layer_densities
         if densities is not None:
             atomic_write_text(folder / LAYER_DENSITIES, json.dumps(densities, indent=1) + "\n")
 
 
-def layer_densities(folder: Path) -> dict[str, float] | None:
-    """Per-layer density of a run's mask: from its mask file, or from the densities a kept run holds."""
+def layer_densities(folder: Path, total: int | None = None) -> dict[str, float] | None:
+    """Per-layer density of a run's mask: from its mask file (which must cover the `total` weights the
+    summary counts), or from the densities a kept run holds."""
     if (folder / MASK).is_file():
+        from anymask.artifacts import damaged
         from anymask.masks import Mask
 
-        return {layer.name: layer.density for layer in Mask.load(folder / MASK).layers()}
+        mask = Mask.load(folder / MASK, MASK)
+        if total is not None and mask.total() != total:
+            problem = f"it covers {mask.total():,} weights, the run's summary {total:,}"
+            raise damaged(folder / MASK, MASK, problem)
+        return {layer.name: layer.density for layer in mask.layers()}
     if (folder / LAYER_DENSITIES).is_file():
-        return json.loads((folder / LAYER_DENSITIES).read_text())
+        return read_layer_densities(folder / LAYER_DENSITIES)
     return None
 
 

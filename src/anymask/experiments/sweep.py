@@ -32,7 +32,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anymask.config import RunConfig, coerce, flat_settings, parse_file, section_of
+from anymask.artifacts import read_settings_file, read_summary
+from anymask.bounds import Bounds, check_setting
+from anymask.config import RunConfig, coerce, flat_settings, section_of
 from anymask.data import ImageDataset, load_dataset
 from anymask.data.load import check_dataset_present
 from anymask.errors import AnymaskError, one_line_warning
@@ -121,13 +123,15 @@ class Sweep:
         }
 
 
+WORKERS = Bounds(1, 1024)
+"""The range of `--workers` (processes training at once)."""
+
+
 # -- parsing -------------------------------------------------------------------------------------------
 def load_sweep(path: str | Path) -> Sweep:
     """Parse and check a sweep file; every mistake is one `AnymaskError` line naming the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise AnymaskError(f"sweep file not found: {path}")
-    raw = parse_file(path)
+    raw = read_settings_file(path, "sweep file")
     try:
         return _sweep_from_table(raw, path.stem)
     except AnymaskError as error:
@@ -174,8 +178,8 @@ def kept_runs(folders: Iterable[Path]) -> dict[str, Path]:
         for summary in sorted(root.rglob(SUMMARY)) if root.is_dir() else []:
             folder = summary.parent
             if all((folder / name).is_file() for name in (CONFIG, METRICS)):
-                with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
-                    if json.loads(summary.read_text())["config_hash"] == folder.name:
+                with contextlib.suppress(AnymaskError):  # a damaged kept run is trained again
+                    if read_summary(summary)["config_hash"] == folder.name:
                         found.setdefault(folder.name, folder)
     return found
 
@@ -224,8 +228,7 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
     `out` defaults to the file's `out`, then to runs/<file name>. Raises `AnymaskError` after the last
     run if any failed, so the command exits non-zero while the other runs still finished.
     """
-    if workers < 1:
-        raise AnymaskError(f"--workers must be at least 1, got {workers}")
+    check_setting("--workers", workers, WORKERS)
     sweep = load_sweep(path)
     out = out or sweep.out or Path("runs") / sweep.name
     check_output_folder(out)

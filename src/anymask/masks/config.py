@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anymask.bounds import bounded
+
 
 @dataclass
 class MaskConfig:
     mask_method: str = "dense"
     """How the mask is made: dense, random, er, erk, magnitude, snip, grasp, synflow, lth, file."""
-    sparsity: float = 0.0
+    sparsity: float = bounded(0.0, low=0, high=1, high_open=True)
     """Fraction of prunable weights removed, in [0, 1); 0.95 keeps 5%."""
     mask_file: str | None = None
     """A saved mask (torch.nn.utils.prune naming) or a checkpoint whose zeros define it; implies 'file'."""
@@ -23,27 +25,27 @@ class MaskConfig:
     """Prune the final Linear layer."""
     prune_shortcuts: bool = True
     """Prune 1x1 projection shortcuts of residual blocks."""
-    prune_samples_per_class: int = 10
+    prune_samples_per_class: int = bounded(10, low=1, high=100_000)
     """Images per class fed to data-dependent scorers (SNIP, GraSP): 10 x classes as Synaptic-Flow."""
     prune_balanced: bool = True
     """Draw the prune images class-balanced rather than as the first images of a shuffle."""
     prune_bn_mode: str = "eval"
     """BatchNorm mode while SNIP and GraSP score: 'eval' (running statistics, as Synaptic-Flow scores)
     or 'train' (batch statistics, as anymask scored before this setting existed)."""
-    synflow_iterations: int = 100
+    synflow_iterations: int = bounded(100, low=1, high=100_000)
     """SynFlow pruning iterations (exponential schedule d^((k+1)/n))."""
     float64: bool = False
     """Score SynFlow in float64 (deep networks underflow in float32)."""
-    lth_rate: float = 0.2
+    lth_rate: float = bounded(0.2, low=0, high=1, low_open=True, high_open=True)
     """Lottery ticket: fraction of the remaining weights pruned per round."""
     lth_rewind: str = "0it"
     """Lottery ticket: rewind point, '0it' (initial weights), '500it' or '2ep'."""
-    lth_epochs: int | None = None
+    lth_epochs: int | None = bounded(None, low=1, high=100_000)
     """Lottery ticket: training epochs per pruning round (default: the run's epochs)."""
     strict: bool = False
     """Fail, instead of warn, when a layer is left with no weights (layer collapse) or the mask disconnects
     the network (a class unreachable from the input, or most kept weights on no input-output path)."""
-    mask_seed: int | None = None
+    mask_seed: int | None = bounded(None, low=0, high=2**32 - 1)
     """Seed for random masks and prune batches (default: the run's seed)."""
 
     def inert_settings(self) -> set[str]:

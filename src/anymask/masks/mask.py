@@ -18,8 +18,6 @@ from anymask.errors import AnymaskError
 from anymask.io import atomic_path
 
 FILE_SUFFIX = "_mask"
-NESTED_KEYS = ("state_dict", "model_state_dict", "model")
-"""Where training checkpoints commonly keep the model's tensors; the first one present is read."""
 
 
 @dataclass(frozen=True)
@@ -148,56 +146,36 @@ class Mask(Mapping[str, torch.Tensor]):
                 )
 
     @classmethod
-    def load(cls, path: str | Path) -> Mask:
-        """Read a mask file in torch.nn.utils.prune naming; corrupt or foreign files raise AnymaskError."""
-        return cls.from_file_dict(read_tensor_file(path), path)
+    def load(cls, path: str | Path, kind: str = "mask file") -> Mask:
+        """Read a mask file in torch.nn.utils.prune naming; corrupt or foreign files raise AnymaskError
+        naming the file (`kind`: "mask file", or "mask.safetensors" for a run folder's own mask)."""
+        return cls.from_file_dict(read_tensor_file(path, kind), path, kind)
 
     @classmethod
-    def from_file_dict(cls, tensors: Mapping[str, torch.Tensor], source: str | Path = "the file") -> Mask:
+    def from_file_dict(
+        cls, tensors: Mapping[str, torch.Tensor], source: str | Path = "the file", kind: str = "mask file"
+    ) -> Mask:
         """The `<module>.weight_mask` entries of a file's tensors (others, e.g. weight_orig, ignored)."""
+        from anymask.artifacts import damaged
+
         names = [k for k in tensors if k.endswith(FILE_SUFFIX)]
         if not names:
             raise AnymaskError(
                 f"{source} holds no '<module>.weight_mask' entries; for a checkpoint whose zeros define the "
                 "mask use --mask-method file (it reads zeros of a state dict)"
             )
-        return cls({k[: -len(FILE_SUFFIX)]: tensors[k] for k in names})
+        try:
+            return cls({k[: -len(FILE_SUFFIX)]: tensors[k] for k in names})
+        except AnymaskError as error:  # an entry that is not 0/1: name the file it came from
+            raise damaged(source, kind, str(error)) from None
 
 
 def has_mask_entries(tensors: Mapping[str, torch.Tensor]) -> bool:
     return any(k.endswith(FILE_SUFFIX) for k in tensors)
 
 
-def _load_safetensors_in_order(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        order = json.loads((handle.metadata() or {}).get("order", "[]"))
-        available = set(handle.keys())
-        keys = [k for k in order if k in available] or sorted(available)
-        return {key: handle.get_tensor(key) for key in keys}
-
-
-def read_tensor_file(path: str | Path) -> dict[str, torch.Tensor]:
+def read_tensor_file(path: str | Path, kind: str = "mask file") -> dict[str, torch.Tensor]:
     """A flat name -> tensor dict from `.safetensors` or a torch file, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnymaskError(f"mask file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            tensors = _load_safetensors_in_order(path)
-        except Exception as error:
-            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            message = f"cannot read {path}: the file is corrupt or not a tensor file ({reason})"
-            raise AnymaskError(message) from None
-    else:
-        from anymask.safe_load import load_torch_file
+    from anymask.artifacts import read_mask_tensors
 
-        tensors = load_torch_file(path, "mask file")  # weights_only: a hostile file cannot run code
-    for key in NESTED_KEYS:
-        if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
-            tensors = tensors[key]
-            break
-    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-        raise AnymaskError(f"{path} is not a dict of tensors; expected {{'<module>.weight_mask': tensor}}")
-    return tensors
+    return read_mask_tensors(path, kind)

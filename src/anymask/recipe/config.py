@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anymask.bounds import bounded
+
 
 @dataclass
 class RecipeConfig:
@@ -15,7 +17,7 @@ class RecipeConfig:
     """'default' (dense protocol), 'tost' (gsn, gsc, lrsi, ls), 'tost-official' (the official code's variant:
     smooth, dense-skips, lrsi, ls; the trained model is not the plain architecture) or a comma list such as
     'gsn,ls'."""
-    ghost_epochs: float | None = None
+    ghost_epochs: float | None = bounded(None, low=0, high=100_000)
     """Length of the ghost phase in epochs, after which gsn and gsc are removed (default: 25% of the run)."""
     ghost_schedule: str = "cosine"
     """How ghost parts fade over the ghost phase: 'cosine', 'linear' or 'step' (full strength, then off)."""
@@ -25,27 +27,27 @@ class RecipeConfig:
     gsc_mode: str = "learned"
     """Ghost skips: 'learned' (1x1 conv + BN per site, starting as a no-op) or 'free' (identity/pooling/
     padding, no parameters). docs/recipe.md: why learned is the default."""
-    gradinit_lr: float = 1e-2
+    gradinit_lr: float = bounded(1e-2, low=0, high=1000, low_open=True)
     """GradInit: Adam learning rate of the per-tensor scales."""
-    gradinit_iterations: int = 180
+    gradinit_iterations: int = bounded(180, low=0, high=1_000_000)
     """GradInit: iterations (each uses two batches, plus a third for the look-ahead loss)."""
-    gradinit_eta: float = 0.1
+    gradinit_eta: float = bounded(0.1, low=0, high=1000, low_open=True)
     """GradInit: length of the simulated first SGD step."""
-    gradinit_gamma: float = 1.0
+    gradinit_gamma: float = bounded(1.0, low=0, high=1e6, low_open=True)
     """GradInit: gradient-norm bound; above it a step shrinks the gradient norm instead."""
     gradinit_normalize_grad: bool = True
     """GradInit: normalise the gradient of the simulated step to unit norm."""
-    gradinit_min_scale: float = 0.01
+    gradinit_min_scale: float = bounded(0.01, low=0, high=100)
     """GradInit: lower bound of each weight tensor's scale (bias scales may reach 0)."""
-    gradinit_grad_clip: float = 1.0
+    gradinit_grad_clip: float = bounded(1.0, low=0, high=1e6)
     """GradInit: clip each scale's gradient to [-clip, clip]; 0 turns clipping off."""
-    gradinit_batch_size: int = 128
+    gradinit_batch_size: int = bounded(128, low=1, high=1_000_000)
     """GradInit: images per half batch (the loss uses two such batches)."""
-    ls_alpha: float = 0.1
+    ls_alpha: float = bounded(0.1, low=0, high=1, high_open=True)
     """Label smoothing: probability mass moved from the true class, spread evenly over the others."""
     ls_schedule: str = "constant"
     """Smoothing over time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""
-    gw_lambda: float = 0.05
+    gw_lambda: float = bounded(0.05, low=0, high=1e6)
     """Ghost weights: the squeeze's strength at the end of the ghost phase (it rises on ghost_schedule)."""
     gw_form: str = "relative"
     """Ghost weights: 'relative' squeezes each unit's share of its weight norm outside the mask
@@ -59,9 +61,9 @@ class RecipeConfig:
     teacher: str | None = None
     """Distillation: a finished run folder (or its model.safetensors) of a network trained on the same
     data, whose softened outputs the student learns from."""
-    kd_temperature: float = 4.0
+    kd_temperature: float = bounded(4.0, low=0, high=1000, low_open=True)
     """Distillation: softmax temperature of teacher and student (the KL term is scaled by its square)."""
-    kd_weight: float = 0.9
+    kd_weight: float = bounded(0.9, low=0, high=1)
     """Distillation: share of the loss from the teacher; the rest from the labels."""
 
     def inert_settings(self) -> set[str]:

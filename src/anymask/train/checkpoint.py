@@ -24,20 +24,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
     Every object a checkpoint holds (model, optimizer and recipe state, the metrics history) is a
     tensor, number, string or container of them, so weights_only=True reads all of it and a planted
-    pickle cannot run code.
+    pickle cannot run code (`anymask.artifacts.read_checkpoint`).
     """
-    from anymask.errors import AnymaskError
-    from anymask.safe_load import load_torch_file
+    from anymask.artifacts import read_checkpoint
 
-    try:
-        state = load_torch_file(path, "checkpoint")
-    except AnymaskError as error:
-        raise AnymaskError(f"{error}; delete it to restart this run from its first epoch") from None
-    if not isinstance(state, dict) or not {"epoch", "trainer", "history"} <= state.keys():
-        raise AnymaskError(
-            f"{path} is not an anymask checkpoint; delete it to restart this run from its first epoch"
-        )
-    return state
+    return read_checkpoint(path)
 
 
 def save_weights(model: nn.Module, path: Path, architecture: str | None = None) -> None:

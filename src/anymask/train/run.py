@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +22,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from anymask.config import MODEL_REVISIONS, RunConfig, load_run_config, save_config, saved_model_revision
+from anymask.artifacts import damaged, first_line, read_saved_config, read_summary
+from anymask.config import (
+    MODEL_REVISIONS,
+    RunConfig,
+    check_bounds,
+    load_run_config,
+    save_config,
+    saved_model_revision,
+)
 from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
@@ -62,6 +69,7 @@ def validate(config: RunConfig) -> None:
     """Every check that needs no data or model, so bad flags fail before anything is written."""
     import anymask.masks.catalog  # noqa: F401  (registers every mask method)
 
+    check_bounds(config)  # every number within the range its field declares (anymask.bounds)
     check_sparsity(config.mask.sparsity)
     method = "file" if config.mask.mask_file else config.mask.mask_method
     METHODS.get(method)
@@ -81,30 +89,12 @@ def validate(config: RunConfig) -> None:
         _check_lottery_ticket(config)
     if config.mask.mask_file and not Path(config.mask.mask_file).is_file():
         raise AnymaskError(f"mask file not found: {config.mask.mask_file}")
-    t, m = config.train, config.mask
-    checks = {  # setting -> (valid, what a valid value is)
-        "epochs": (t.epochs >= 1, "1 or more"),
-        "batch_size": (t.batch_size >= 1, "1 or more"),
-        "eval_batch_size": (t.eval_batch_size >= 1, "1 or more"),
-        "bn_recalibration_batches": (t.bn_recalibration_batches >= 0, "0 or more"),
-        "width": (config.model.width > 0, "a positive multiplier"),
-        "weight_decay": (t.weight_decay >= 0, "0 or more"),
-        "masked_weight_decay": (t.masked_weight_decay is None or t.masked_weight_decay >= 0, "0 or more"),
-        "momentum": (0 <= t.momentum < 1, "in [0, 1)"),
-        "lr": (t.lr > 0 and math.isfinite(t.lr), "a positive number"),
-        "lr_gamma": (t.lr_gamma > 0 and math.isfinite(t.lr_gamma), "a positive number, e.g. 0.1"),
-        "lr_milestones": (all(0 <= x <= 1 for x in t.lr_milestones), "fractions of the run in [0, 1]"),
-        "warmup_epochs": (0 <= t.warmup_epochs <= t.epochs, f"between 0 and the run's {t.epochs} epochs"),
-        "threads": (t.threads is None or t.threads >= 1, "1 or more (leave it unset for PyTorch's choice)"),
-        "val_split": (config.data.val_split >= 0, "0 or more"),
-        "train_subset": (config.data.train_subset is None or config.data.train_subset >= 1, "1 or more"),
-        "lth_epochs": (m.lth_epochs is None or m.lth_epochs >= 1, "1 or more"),
-        "synflow_iterations": (m.synflow_iterations >= 1, "1 or more"),
-        "prune_samples_per_class": (m.prune_samples_per_class >= 1, "1 or more"),
-    }
-    for key, (ok, valid) in checks.items():
-        if not ok:
-            raise AnymaskError(f"invalid {key}: {config.get(key)!r}; it must be {valid}")
+    t = config.train
+    if t.warmup_epochs > t.epochs:  # (each number's own range was checked with the others above)
+        raise AnymaskError(
+            f"invalid warmup_epochs: {t.warmup_epochs!r}; it must be between 0 and the run's {t.epochs} "
+            "epochs"
+        )
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
     if config.mask.prune_bn_mode not in BN_MODES:
@@ -163,12 +153,12 @@ def run_experiment(
     """Train one run into `out_dir`; a finished folder is returned as it is, an unfinished one resumed."""
     out_dir = Path(out_dir)
     validate(config)
-    check_output_folder(out_dir)
+    check_output_folder(out_dir, beside=True)  # the folder's lock is written beside it
     world = init_world(config.train.device)
     with run_folder_lock(out_dir, enabled=world.is_main):
         state = check_folder(out_dir, config, resume)
         if state == "finished":
-            return RunResult(out_dir, json.loads((out_dir / SUMMARY).read_text()), skipped=True)
+            return RunResult(out_dir, read_summary(out_dir / SUMMARY), skipped=True)
         try:
             return _train(config, out_dir, data, world, resuming=state == "interrupted")
         except AnymaskError:
@@ -227,6 +217,9 @@ class _Run:
     ) -> None:
         self.config, self.out_dir, self.data, self.device, self.world = config, out_dir, data, device, world
         self.checkpoint = load_checkpoint(out_dir / CHECKPOINT) if (out_dir / CHECKPOINT).is_file() else None
+        if self.checkpoint and self.checkpoint["epoch"] > config.train.epochs:
+            problem = f"it is at epoch {self.checkpoint['epoch']} of a {config.train.epochs}-epoch run"
+            raise damaged(out_dir / CHECKPOINT, CHECKPOINT, problem)
         self.resuming = resuming and self.checkpoint is not None
         self.progress = config.train.progress and world.is_main
 
@@ -244,9 +237,12 @@ class _Run:
         """The run's mask and the step training starts from (non-zero after a lottery-ticket rewind)."""
         mask_path = self.out_dir / MASK
         if mask_path.is_file() and (self.out_dir / CONFIG).is_file():
-            mask = Mask.load(mask_path)
-            mask.check_fits(model)
-            return mask, int(json.loads((self.out_dir / CONFIG).read_text()).get("start_step", 0))
+            mask = Mask.load(mask_path, MASK)
+            try:
+                mask.check_fits(model)
+            except AnymaskError as error:
+                raise damaged(mask_path, MASK, str(error)) from None
+            return mask, int(read_saved_config(self.out_dir / CONFIG).get("start_step", 0))
         lth = self.config.mask.mask_method == "lth"
         mask = None
         # A lottery ticket's rounds are training: every rank takes part, as in one DDP run, and they all
@@ -284,7 +280,7 @@ class _Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.out_dir / CONFIG)
         if start_step:
-            saved = json.loads((self.out_dir / CONFIG).read_text())
+            saved = read_saved_config(self.out_dir / CONFIG)
             atomic_write_text(
                 self.out_dir / CONFIG, json.dumps({**saved, "start_step": start_step}, indent=2)
             )
@@ -350,7 +346,13 @@ class _Run:
         trainer.extensions = self.extensions(trainer, model, mask)
         history: list[dict[str, Any]] = []
         if self.resuming:
-            trainer.load_state_dict(self.checkpoint["trainer"])
+            try:
+                trainer.load_state_dict(self.checkpoint["trainer"])
+            except AnymaskError:
+                raise
+            except Exception as error:  # whatever the state's decoding raises, the checkpoint is the cause
+                problem = f"its state does not fit this run ({first_line(error)})"
+                raise damaged(self.out_dir / CHECKPOINT, CHECKPOINT, problem) from None
             history = self.checkpoint["history"]
             start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
             if self.world.is_main:  # a kill between checkpoint and metrics left metrics one epoch short
