@@ -11,7 +11,6 @@ teacher is never part of the trained model. Its own training cost is recorded in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +47,20 @@ def teacher_paths(teacher: str) -> tuple[Path, Path | None]:
 
 def load_teacher(teacher: str, context: RecipeContext) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher network in eval mode on the run's device, and what is known of its training."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from anymask.config import load_run_config
+    from anymask.finished_run import read_teacher
     from anymask.models import create_model
 
-    weights, folder = teacher_paths(teacher)
-    student = context.config
-    config = load_run_config(folder / "config.json") if folder is not None else student
+    teacher_paths(teacher)
+    run = read_teacher(teacher)  # every file decoded by its reader: damage is one line naming it
+    folder, student = run.folder, context.config
+    config = run.config or student
     _check_same_data(teacher, config, student)
     model_name, width = config.model.model, config.model.width
     with torch.random.fork_rng(devices=[]):  # building it must not move the student's random stream
         model = create_model(model_name, context.data.num_classes, context.data.input_shape, width)
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except (RuntimeError, SafetensorError, OSError) as error:
+        model.load_state_dict(run.state, strict=True)
+    except RuntimeError as error:
         first = str(error).strip().splitlines()[0][:160]
         raise AnymaskError(
             f"--teacher {teacher} does not load into {model_name} for {student.data.data} "
@@ -72,7 +69,7 @@ def load_teacher(teacher: str, context: RecipeContext) -> tuple[nn.Module, dict[
     model = model.to(context.device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    record = _teacher_record(folder)
+    record = _teacher_record(folder, run.summary)
     if folder is not None and "teacher_train_flops" not in record:  # a run from before costs were counted
         examples = config.train.epochs * len(context.data.train_y)
         example = torch.zeros((1, *context.data.input_shape), device=context.device)
@@ -96,10 +93,9 @@ def _check_same_data(teacher: str, config: Any, student: Any) -> None:
         )
 
 
-def _teacher_record(folder: Path | None) -> dict[str, Any]:
-    if folder is None:
+def _teacher_record(folder: Path | None, summary: dict[str, Any] | None) -> dict[str, Any]:
+    if folder is None or summary is None:
         return {}
-    summary = json.loads((folder / "summary.json").read_text())
     record = {"teacher": str(folder), "teacher_test_acc": summary.get("final_test_acc")}
     for key in ("train_seconds", "train_flops"):
         if key in summary:
