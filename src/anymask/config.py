@@ -204,6 +204,7 @@ def field_types() -> dict[str, Any]:
     return {name: hint for cls in SECTIONS.values() for name, hint in typing.get_type_hints(cls).items()}
 
 
+@functools.cache  # reads the source of every section: once per process, not once per parser
 def field_help() -> dict[str, str]:
     """Flat key -> the docstring written under the field (used as --help text)."""
     import ast

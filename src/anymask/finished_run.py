@@ -114,7 +114,7 @@ def read_teacher(path: str | Path) -> FinishedRun:
         return read_finished_run(path)
     if path.suffix != ".safetensors":
         raise AnymaskError(f"teacher {path}: give {FINISHED} or a model .safetensors file")
-    if path.name == MODEL and (path.parent / CONFIG).is_file():
+    if path.name == MODEL and (path.parent / CONFIG).is_file() and (path.parent / SUMMARY).is_file():
         return read_finished_run(path.parent)
     weights = read_model_weights(path, "teacher")
     return FinishedRun(path, None, None, weights.tensors, weights.metadata)
