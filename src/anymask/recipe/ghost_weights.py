@@ -28,7 +28,7 @@ from anymask.errors import AnymaskError
 from anymask.recipe.base import RECIPE_PARTS, RecipeContext, check_choice
 from anymask.recipe.schedules import GhostPart
 
-FORMS = ("relative", "absolute")
+FORMS = ("fade", "relative", "absolute")
 
 
 def outside_share(weight: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
@@ -55,6 +55,7 @@ class GhostWeights(GhostPart):
         self.enforcer: Any = None
         self.cut = False
         self.at_cut: dict[str, float] = {}
+        self.level = 1.0  # fade: the factor the weights outside the mask carry now
 
     def check(self, context: RecipeContext) -> str | None:
         if context.mask is not None and not len(context.mask):
@@ -85,8 +86,24 @@ class GhostWeights(GhostPart):
     def bind(self, optimizer: torch.optim.Optimizer, enforcer: Any) -> None:
         self.optimizer, self.enforcer = optimizer, enforcer
 
+    def update(self, epoch: float) -> None:
+        super().update(epoch)
+        if self.form == "fade" and not self.cut and self.weights:
+            self.fade_to(1.0 - self.progress)
+
+    @torch.no_grad()
+    def fade_to(self, level: float) -> None:
+        """Multiply the weights outside the mask by level / (the level they carry now): on the schedule
+        they reach exactly zero at the ghost end, whatever the gradients did in between."""
+        if level == self.level or self.level == 0:
+            return
+        factor = level / self.level
+        for weight, outside in zip(self.weights, self.outside, strict=True):
+            weight.mul_(1 - outside * (1 - factor))
+        self.level = level
+
     def strength(self) -> float:
-        return self.config.gw_lambda * self.progress
+        return 0.0 if self.form == "fade" else self.config.gw_lambda * self.progress
 
     def penalty(self) -> torch.Tensor | None:
         if self.cut or not self.weights or self.strength() == 0:
@@ -126,13 +143,15 @@ class GhostWeights(GhostPart):
     def metrics(self) -> dict[str, float]:
         if self.cut:
             return {f"{key}_at_cut": value for key, value in self.at_cut.items()}
-        return {"lambda": self.strength(), **self.outside_norms()}
+        knob = {"level": self.level} if self.form == "fade" else {"lambda": self.strength()}
+        return {**knob, **self.outside_norms()}
 
     def summary(self) -> dict[str, Any]:
         return {f"gw_{key}_at_cut": value for key, value in self.at_cut.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cut": self.cut, "at_cut": self.at_cut}
+        return {"cut": self.cut, "at_cut": self.at_cut, "level": self.level}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.at_cut = dict(state.get("at_cut", {}))
+        self.level = float(state.get("level", 1.0))
