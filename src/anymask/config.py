@@ -123,7 +123,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "init": "default",
     "masked_weight_decay": None,
     "gw_lambda": 0.05,
-    "gw_form": "relative",
+    "gw_form": "fade",
     "fold_at": "ghost",
     "fold_branches": "kxk,1x1",
     "teacher": None,
