@@ -203,7 +203,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 @command("ensemble")
 def ensemble_command(args: argparse.Namespace) -> int:
-    from anymask.config import parse_file
+    from anymask.config import flat_settings, parse_file
     from anymask.ensembles.evaluate import evaluate_runs, summary_line
     from anymask.ensembles.prune_and_tune import ensemble_settings, prune_and_tune
 
@@ -211,23 +211,31 @@ def ensemble_command(args: argparse.Namespace) -> int:
     if args.members:
         if args.parent:
             raise AnymaskError("give a parent run or --members RUN RUN ..., not both")
-        record = evaluate_runs([Path(m) for m in args.members], out, data_dir=getattr(args, "data_dir", None))
+        record = evaluate_runs(
+            [Path(m) for m in args.members],
+            out,
+            data_dir=getattr(args, "data_dir", None),
+            device=getattr(args, "device", "auto"),
+        )
         print(f"{summary_line(record)}; written to {out / 'ensemble.json'}")
         return 0
     if not args.parent:
         raise AnymaskError("give the parent run folder (anymask ensemble PARENT_RUN --out OUT), or --members")
-    from_file: dict[str, Any] = {}
-    if args.config:
-        table = parse_file(Path(args.config)) if Path(args.config).is_file() else None
+    values: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    if args.config:  # ensemble settings, and run settings for the children (flat or in sections)
+        path = Path(args.config)
+        table = parse_file(path) if path.is_file() else None
         if not isinstance(table, dict):
-            raise AnymaskError(f"config file not found or not a table of settings: {args.config}")
-        from_file = dict(table)
-    run_keys = set(field_types())
-    values = {k: v for k, v in from_file.items() if k not in run_keys or k in ENSEMBLE_FLAGS}
-    overrides = {k: v for k, v in from_file.items() if k in run_keys and k not in ENSEMBLE_FLAGS}
+            raise AnymaskError(f"config file not found or not a table of settings: {path}")
+        values = {k: v for k, v in table.items() if k in ENSEMBLE_FLAGS}
+        rest = {k: v for k, v in table.items() if k not in ENSEMBLE_FLAGS}
+        overrides = flat_settings(rest, f"config file {path}")
     values.update({k: vars(args)[k] for k in ENSEMBLE_FLAGS if k in vars(args)})
     overrides.update({k: vars(args)[k] for k in field_types() if k not in ENSEMBLE_FLAGS and k in vars(args)})
-    workers = int(values.pop("workers", 1))
+    workers = values.pop("workers", 1)
+    if not str(workers).isdigit():
+        raise AnymaskError(f"--workers expects a whole number, got {workers!r}")
     data_dir = overrides.pop("data_dir", None)
     record = prune_and_tune(
         Path(args.parent),
@@ -235,7 +243,7 @@ def ensemble_command(args: argparse.Namespace) -> int:
         ensemble_settings(values),
         overrides=overrides,
         data_dir=data_dir,
-        workers=workers,
+        workers=int(workers),
     )
     print(f"{summary_line(record)}; written to {out / 'ensemble.json'}")
     return 0
