@@ -174,7 +174,7 @@ def test_a_set_of_runs_and_the_report(parent: Path, pat: tuple[Path, dict], tmp_
     assert deep["cost"]["epochs"] == 3 + 1
     report = write_ensemble_report([pat[0], tmp_path / "deep"], tmp_path / "report")
     text = report.read_text()
-    assert "paired gain" in text and "deep ensembles" in text and "gap closed" in text
+    assert "paired gain" in text and "deep ensembles" in text and "each child's acc" in text and "gap closed" in text
     assert (tmp_path / "report" / "reliability_0.png").stat().st_size > 10_000
 
 
@@ -189,6 +189,7 @@ def test_a_set_of_runs_and_the_report(parent: Path, pat: tuple[Path, dict], tmp_
         (EnsembleSettings(), {"epochs": 9}, "'epochs' is set by the ensemble"),
         (EnsembleSettings(), {"model": "resnet20"}, "'model' cannot change"),
         (EnsembleSettings(), {"weight_decya": 0.1}, "unknown config key 'weight_decya'"),
+        (EnsembleSettings(recipe="tost,magic"), {}, "unknown recipe part 'magic'"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(

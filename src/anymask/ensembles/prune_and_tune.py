@@ -190,6 +190,20 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         )
 
 
+def check_children(
+    parent: MemberRun, settings: EnsembleSettings, overrides: dict[str, Any], data_dir: str | None
+) -> None:
+    """A child's config through the run pipeline's checks (recipe names, settings, data) before any mask
+    is written; an anti-random child's mask file does not exist yet, so a dense stand-in is checked."""
+    from anymask.train.run import validate
+
+    if data_dir:
+        overrides = {**overrides, "data_dir": data_dir}
+    if settings.pruning == ANTI_RANDOM:
+        settings = dataclasses.replace(settings, pruning="dense", sparsity=0.0)
+    validate(child_config(parent, settings, 0, overrides))
+
+
 def write_child_masks(
     parent: MemberRun, settings: EnsembleSettings, out: Path, data_dir: str | None
 ) -> list[Path]:
@@ -290,6 +304,7 @@ def prune_and_tune(
     if workers < 1:
         raise AnymaskError(f"--workers must be at least 1, got {workers}")
     check_output_folder(out)
+    check_children(parent, settings, overrides, data_dir)
     plans = plan_children(parent, settings, out, overrides, data_dir)
     train_children(plans, workers)
     children = [read_member(folder) for _, folder in plans]

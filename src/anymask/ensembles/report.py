@@ -253,7 +253,7 @@ def write_ensemble_report(folders: Sequence[Path], out: Path) -> Path:
         png = save_figure(figure, out / f"reliability_{index}.png")
         lines += [f"![reliability diagrams]({png.name})"]
     if deep:
-        lines += ["", "## Sets of independently trained runs (deep ensembles)", "", deep_table(deep)]
+        lines += ["", "## Sets of runs (`--members`): deep ensembles, or one run alone", "", deep_table(deep)]
     if groups and deep:
         lines += [
             "",
