@@ -8,21 +8,35 @@ set -euo pipefail
 WORKERS=${WORKERS:-2}
 PARENT_CONFIG=configs/ensemble_parent_cifar10_resnet20.toml
 TEACHERS=runs/teachers_cifar10_resnet20
+TEACHERS_KEPT=docs/results/teachers/runs
 OUT=runs/ensembles_cifar10_resnet20
 KEPT=docs/results/ensembles
 
-parent() {  # the run folder of parent seed $1: the teachers' folder named by the config hash
+hash_of() {  # the config hash of parent seed $1: the teachers' sweep names its folder by it
   python -c "import sys; from anymask.config import RunConfig, read_config_file
 print(RunConfig.from_flat({**read_config_file(sys.argv[1]), 'seed': int(sys.argv[2])}).hash())" \
-    "$PARENT_CONFIG" "$1" | sed "s|^|$TEACHERS/|"
+    "$PARENT_CONFIG" "$1"
 }
 
-# 1. parents: seeds 0-2 come from the teachers' sweep (trained there if not yet), seed 3 here
+parent() {  # the parent's run folder: trained here, or committed with its weights (docs/results/teachers)
+  local hash
+  hash=$(hash_of "$1")
+  if [ ! -f "$TEACHERS/$hash/summary.json" ] && [ -f "$TEACHERS_KEPT/$hash/model.safetensors" ]; then
+    echo "$TEACHERS_KEPT/$hash"
+  else
+    echo "$TEACHERS/$hash"
+  fi
+}
+
+# 1. parents: seeds 0-2 are the teachers' (trained here only if neither folder has them), seed 3 is new;
+#    a parent trained here leaves its small files and weights beside the teachers' for a commit
 for seed in 0 1 2 3; do
   folder=$(parent "$seed")
   if [ ! -f "$folder/summary.json" ]; then
     resume=$([ -f "$folder/config.json" ] && echo --resume || true)
     anymask train --config "$PARENT_CONFIG" --seed "$seed" --out "$folder" $resume
+    mkdir -p "$TEACHERS_KEPT/$(basename "$folder")"
+    cp "$folder"/{config.json,metrics.jsonl,summary.json,model.safetensors} "$TEACHERS_KEPT/$(basename "$folder")/"
   fi
 done
 
