@@ -34,6 +34,9 @@ class ModelConfig:
     init: str = "default"
     """Weight initialisation: 'default' (the model's own: kaiming_fan_in for vgg16, as Synaptic-Flow;
     kaiming_fan_out for the others), 'kaiming_fan_out' or 'kaiming_fan_in'."""
+    init_weights: str | None = None
+    """Start from these weights instead of an initialisation: a model.safetensors (a finished run's) that
+    loads into the model exactly; the mask is then made on them (prune-and-tune children, fine-tuning)."""
 
 
 @dataclass
@@ -77,6 +80,10 @@ class TrainConfig:
     """Step schedule: multiplier at each milestone."""
     warmup_epochs: float = 0.0
     """Linear learning-rate warm-up (cosine and step schedules)."""
+    onecycle_warmup: float = 0.3
+    """One-cycle schedule: fraction of the run over which the learning rate rises to its peak (lr)."""
+    onecycle_start: float = 0.04
+    """One-cycle schedule: the first learning rate, as a fraction of the peak (OneCycleLR's 1/div_factor)."""
     seed: int = 0
     """Seed for weights, data order and augmentation; the same seed reproduces a CPU run."""
     device: str = "auto"
@@ -129,6 +136,9 @@ ADDED_SETTINGS: dict[str, Any] = {
     "teacher": None,
     "kd_temperature": 4.0,
     "kd_weight": 0.9,
+    "init_weights": None,
+    "onecycle_warmup": 0.3,
+    "onecycle_start": 0.04,
 }
 
 # Architectures changed after runs were made, with their current revision. A run of such a model hashes

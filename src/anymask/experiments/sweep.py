@@ -299,6 +299,15 @@ def _keep(runs: list[PlannedRun], into: Path) -> None:
     keep_run_files([read_run(run.folder) for run in missing], into)
 
 
+def train_planned(runs: list[PlannedRun], workers: int, desc: str) -> None:
+    """Train `runs` (each a config and its folder) in `workers` worker processes, as a sweep does; one
+    line naming the runs that failed, after the others finished."""
+    failures = _run_all(runs, min(workers, len(runs)), len(runs), desc)
+    if failures:
+        names = ", ".join(str(folder) for folder in list(failures)[:3])
+        raise AnymaskError(f"{len(failures)} of {len(runs)} runs failed ({names}); run the command again")
+
+
 def _run_all(
     runs: list[PlannedRun], workers: int, total: int, desc: str, keep_into: Path | None = None
 ) -> dict[Path, str]:

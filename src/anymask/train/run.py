@@ -36,7 +36,7 @@ from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
 from anymask.recipe import Recipe, RecipeContext
-from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
+from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, save_weights
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
 from anymask.train.lock import run_folder_lock
 from anymask.train.lr import SCHEDULES
@@ -81,6 +81,8 @@ def validate(config: RunConfig) -> None:
         _check_lottery_ticket(config)
     if config.mask.mask_file and not Path(config.mask.mask_file).is_file():
         raise AnymaskError(f"mask file not found: {config.mask.mask_file}")
+    if config.model.init_weights and not Path(config.model.init_weights).is_file():
+        raise AnymaskError(f"init_weights file not found: {config.model.init_weights}")
     t, m = config.train, config.mask
     checks = {  # setting -> (valid, what a valid value is)
         "epochs": (t.epochs >= 1, "1 or more"),
@@ -95,6 +97,8 @@ def validate(config: RunConfig) -> None:
         "lr_gamma": (t.lr_gamma > 0 and math.isfinite(t.lr_gamma), "a positive number, e.g. 0.1"),
         "lr_milestones": (all(0 <= x <= 1 for x in t.lr_milestones), "fractions of the run in [0, 1]"),
         "warmup_epochs": (0 <= t.warmup_epochs <= t.epochs, f"between 0 and the run's {t.epochs} epochs"),
+        "onecycle_warmup": (0 < t.onecycle_warmup < 1, "a fraction of the run in (0, 1)"),
+        "onecycle_start": (0 < t.onecycle_start <= 1, "a fraction of the peak lr in (0, 1]"),
         "threads": (t.threads is None or t.threads >= 1, "1 or more (leave it unset for PyTorch's choice)"),
         "val_split": (config.data.val_split >= 0, "0 or more"),
         "train_subset": (config.data.train_subset is None or config.data.train_subset >= 1, "1 or more"),
@@ -327,6 +331,8 @@ class _Run:
     def execute(self) -> RunResult:
         torch.manual_seed(self.config.train.seed)
         model = self.new_model()
+        if self.config.model.init_weights:  # a trained parent's weights, say: the mask is made on them
+            load_weights(model, self.config.model.init_weights)
         recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
         # A recipe part the model cannot take (gsn on a ViT) fails here, before any file is written.
         recipe.check_fits(self.recipe_context(model, None, self.checkpoint["epoch"] if self.resuming else 0))
