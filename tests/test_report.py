@@ -13,7 +13,7 @@ import torch
 
 from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
-from anymask.experiments.plots import accuracy_vs_sparsity, gain_by_epoch, gain_vs_sparsity, variant_gains
+from anymask.experiments.report.figures import accuracy_vs_sparsity, gain_by_epoch, gain_vs_sparsity, variant_gains
 from anymask.experiments.report import (
     build_tables,
     collapse_note,

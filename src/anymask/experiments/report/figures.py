@@ -21,16 +21,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from anymask.experiments.report import (
-    BASELINE,
-    Gain,
-    Group,
-    Table,
-    earlier_variant,
-    file_slug,
-    recipe_order,
-    sparsity_label,
-)
+from anymask.experiments.report.groups import BASELINE, Group, Table, earlier_variant, file_slug, recipe_order
+from anymask.experiments.report.markdown import sparsity_label
+from anymask.experiments.report.stats import Gain
 
 DPI = 100
 COLORS = [f"tab:{c}" for c in ("blue", "orange", "green", "red", "purple", "brown", "pink", "olive")]
