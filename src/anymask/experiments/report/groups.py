@@ -107,11 +107,17 @@ class Table:
 
     model: str
     data: str
-    setting: str  # "lr=0.05" when the collected runs vary in settings beyond the axes; else ""
     groups: list[Group]
     metric: str = "test"  # whose accuracy the table holds: "test", "validation" or "training" (--metric)
-    values: dict[str, Any] = field(default_factory=dict)  # the setting string's values, {"lr": 0.05}
+    # The settings beyond the axes that this table holds fixed, {"lr": 0.05}, when the collected runs
+    # vary in them; else empty.
+    values: dict[str, Any] = field(default_factory=dict)
     variant: Variant | None = None  # set when its model and data have several tables
+
+    @property
+    def setting(self) -> str:
+        """The table's settings as text, "lr=0.05" ("" when the runs vary in no other setting)."""
+        return setting_text(self.values)
 
     @property
     def title(self) -> str:
@@ -231,8 +237,7 @@ def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
     for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
         members.sort(key=lambda r: r.summary["seed"])
         table = tables.setdefault(
-            (model, data, setting),
-            Table(model, data, setting, [], METRICS_READ[metric], values=combos[setting]),
+            (model, data, setting), Table(model, data, [], METRICS_READ[metric], values=combos[setting])
         )
         table.groups.append(Group(mask, sparsity, recipe, members))
     for table in tables.values():
