@@ -14,6 +14,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.artist import Artist
@@ -51,13 +52,28 @@ def fit(figure: Figure, dpi: int = DPI) -> None:
         limit = _inner(figure)
         for text in _texts_to_wrap(figure):
             changed |= _wrap_to(text, _width_for(text, limit), renderer)
+        for ax in figure.axes:
+            if ax.get_visible():  # axis labels: no longer than their panel's side
+                changed |= _wrap_to(ax.xaxis.label, max(ax.bbox.width, 80), renderer)
+                changed |= _wrap_to(ax.yaxis.label, max(ax.bbox.height, 80), renderer, vertical=True)
         for legend in _legends(figure):
             changed |= _fit_legend(legend, limit, renderer)
+        if not changed:
+            changed = _grow_to_hold(figure, renderer)
         if not changed:
             return
 
 
-def _draw(figure: Figure):
+def _grow_to_hold(figure: Figure, renderer: Any) -> bool:
+    """A figure too short for what it holds (a one-column legend of many entries) grows taller."""
+    needed = figure.get_tightbbox(renderer).height + 2 * (BORDER + 2) / figure.dpi
+    if needed <= figure.get_figheight():
+        return False
+    figure.set_figheight(needed + 0.1)
+    return True
+
+
+def _draw(figure: Figure) -> Any:
     canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
     canvas.draw()
     return canvas.get_renderer()
@@ -85,16 +101,20 @@ def _width_for(text: Text, limit: Bbox) -> float:
     return limit.width
 
 
-def _wrap_to(text: Text, width: float, renderer) -> bool:
-    """Re-wrap `text` to fit `width` pixels; True when it changed."""
-    extent = text.get_window_extent(renderer)
-    if extent.width <= width:
+def _wrap_to(text: Text, width: float, renderer: Any, vertical: bool = False) -> bool:
+    """Re-wrap `text` to fit `width` pixels (its height, for a `vertical` text); True when it changed."""
+
+    def length() -> float:
+        extent = text.get_window_extent(renderer)
+        return extent.height if vertical else extent.width
+
+    if not text.get_text() or length() <= width:
         return False
     flat = " ".join(text.get_text().split())
-    chars = max(8, int(len(flat) * width / extent.width * 0.95))
+    chars = max(8, int(len(flat) * width / length() * 0.95))
     for line_chars in range(chars, 7, -max(1, chars // 10)):
         text.set_text(_wrapped_text(flat, line_chars))
-        if text.get_window_extent(renderer).width <= width:
+        if length() <= width:
             return True
     return True
 
@@ -110,19 +130,45 @@ def _legends(figure: Figure) -> list[Legend]:
     return [legend for legend in legends if legend.get_visible()]
 
 
-def _fit_legend(legend: Legend, limit: Bbox, renderer) -> bool:
+def _fit_legend(legend: Legend, limit: Bbox, renderer: Any) -> bool:
     """Fewer columns, then wrapped entries, until the legend is no wider than the figure (a legend in a
     panel: than its panel)."""
-    width = legend.parent.bbox.width if isinstance(legend.parent, Axes) else limit.width
+    parent = legend.parent
+    width = parent.bbox.width if isinstance(parent, Axes) else limit.width
     if legend.get_window_extent(renderer).width <= width:
         return False
-    if legend._ncols > 1:
-        legend.set_ncols(legend._ncols - 1)
+    columns = legend._ncols
+    if columns > 1 and hasattr(legend, _KWARGS):
+        # A legend lays out its columns when it is made: make it again with one column fewer.
+        legend.remove()
+        add_legend(
+            parent,
+            legend.legend_handles,
+            [t.get_text() for t in legend.get_texts()],
+            **{**getattr(legend, _KWARGS), "ncol": columns - 1},
+        )
         return True
+    room = 3 * legend.handlelength * legend.prop.get_size_in_points() * legend.figure.dpi / 72
     for text in legend.get_texts():
-        handle_room = legend.handlelength * legend.prop.get_size_in_points() * legend.figure.dpi / 72
-        _wrap_to(text, width - 3 * handle_room, renderer)
+        _wrap_to(text, (width - room) / columns, renderer)
     return True
+
+
+_KWARGS = "_anymask_legend_kwargs"
+
+
+def add_legend(
+    parent: Figure | Axes, handles: Sequence[Artist], labels: Sequence[str], **kwargs: Any
+) -> Legend:
+    """A legend `fit` can re-make with fewer columns (matplotlib fixes the columns when it builds one)."""
+    legend = parent.legend(list(handles), list(labels), **kwargs)
+    setattr(legend, _KWARGS, kwargs)
+    return legend
+
+
+def rotated_labels_height(labels: Sequence[str], fontsize: float) -> float:
+    """Inches that tick labels rotated upright take below an axis (about 0.6 em a character)."""
+    return max((len(label) for label in labels), default=0) * fontsize * 0.6 / 72
 
 
 def legend_columns(labels: Sequence[str], figure: Figure) -> int:
@@ -191,15 +237,23 @@ def border_problems(pixels: np.ndarray, border: int = BORDER) -> list[str]:
 
 def duplicate_tick_labels(axis: Axis) -> list[str]:
     """Visible tick labels of one axis that read the same (two ticks labelled "0%")."""
-    low, high = sorted(axis.get_view_interval())
-    labels = [
-        tick.label1.get_text()
-        for tick in axis.get_major_ticks()
-        if tick.label1.get_visible() and tick.label1.get_text() and low <= tick.get_loc() <= high
-    ]
+    labels = [label.get_text() for label in _shown_tick_labels(axis)]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     name = f"{axis.axes.get_title() or 'panel'} {axis.axis_name}"
     return [f"{name} axis has the tick label {label!r} more than once" for label in repeated]
+
+
+def _shown_tick_labels(axis: Axis) -> list[Text]:
+    """The major tick labels matplotlib draws: visible, with text, at a tick inside the view."""
+    low, high = sorted(axis.get_view_interval())
+    slack = 1e-9 * max(abs(low), abs(high), 1e-300)
+    return [
+        tick.label1
+        for tick in axis.get_major_ticks()
+        if tick.label1.get_visible()
+        and tick.label1.get_text()
+        and low - slack <= tick.get_loc() <= high + slack
+    ]
 
 
 def _drawn_artists(figure: Figure) -> list[Artist]:
@@ -210,7 +264,7 @@ def _drawn_artists(figure: Figure) -> list[Artist]:
         artists += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label]
         artists += [ax.get_legend()]
         for axis in (ax.xaxis, ax.yaxis):
-            artists += [t.label1 for t in axis.get_major_ticks() if t.label1.get_visible()]
+            artists += _shown_tick_labels(axis)
     drawn = [a for a in artists if a is not None and a.get_visible()]
     return [a for a in drawn if not isinstance(a, Text) or a.get_text()]
 

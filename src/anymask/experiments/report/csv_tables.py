@@ -16,6 +16,8 @@ from anymask.experiments.report.stats import mean_std
 
 def results_csv(tables: Sequence[Table]) -> str:
     """One row per group; accuracies as fractions like summary.json, gains over the default recipe."""
+    # A new column is a name here and its value at the same place in `_csv_row` (a number from
+    # summary.json averaged over the group: `_mean_std_fields(group.values("train_flops"))`).
     header = [
         "model",
         "data",

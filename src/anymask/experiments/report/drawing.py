@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from anymask.experiments.layout import legend_columns
+from anymask.experiments.layout import add_legend, legend_columns
 from anymask.experiments.report.groups import Group, Table
 from anymask.experiments.report.markdown import sparsity_label
 from anymask.experiments.report.stats import Gain
@@ -69,7 +69,8 @@ def finish(figure: Figure, axes: list[Axes], title: str, ylabel: str) -> None:
     figure.suptitle(title, fontsize=12)
     if legend:
         columns = legend_columns(list(legend), figure)
-        figure.legend(legend.values(), legend, loc="outside lower center", ncol=columns, frameon=False)
+        handles, labels = list(legend.values()), list(legend)
+        add_legend(figure, handles, labels, loc="outside lower center", ncol=columns, frameon=False)
 
 
 def sparsity_axis(ax: Axes, sparsities: list[float]) -> None:

@@ -15,7 +15,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from anymask.experiments.layout import SPREAD, density_axis, save
+from anymask.experiments.layout import SPREAD, density_axis, rotated_labels_height, save
 from anymask.experiments.report.drawing import (
     COLORS,
     band,
@@ -35,10 +35,10 @@ from anymask.experiments.report.markdown import sparsity_label
 def plot_table(table: Table, out: Path) -> list[Path]:
     """Every figure that the table's runs allow; returns the PNG paths written.
 
-    A variant (one of several tables of a model and data) gets its learning curves, its densities when
-    it has several masks, and the sparsity figures only when it has several sparsities: a search over settings has many variants of one mask
-    and sparsity each, whose sparsity figures would be single points, and its variants figure compares
-    their gains in one place.
+    A variant (one of several tables of a model and data) gets its learning curves, its densities when it
+    has several masks, and the sparsity figures only when it has several sparsities: a search over
+    settings has many variants of one mask and sparsity each, whose sparsity figures would be single
+    points, and its variants figure compares their gains in one place.
     """
     figures: dict[str, Callable[[Table], Figure | None]] = {
         "accuracy_vs_sparsity": accuracy_vs_sparsity,
@@ -205,7 +205,11 @@ def densities(table: Table) -> Figure | None:
     if not layers:
         return None
     names = _model_order(table, {name for densities in layers.values() for name in densities})
-    figure = Figure(figsize=(min(18.0, max(7.0, 0.3 * len(names) + 2)), 4.8), layout="constrained")
+    labels = [n.removesuffix(".weight") for n in names]
+    many = len(names) > 8
+    width = min(18.0, max(7.0, 0.3 * len(names) + 2))
+    height = 3.8 + (rotated_labels_height(labels, 7) if many else 0.3)
+    figure = Figure(figsize=(width, height), layout="constrained")
     ax = figure.subplots()
     kept = [d for density in layers.values() for d in density.values() if d > 0]
     empty = any(d == 0 for density in layers.values() for d in density.values())
@@ -238,13 +242,7 @@ def densities(table: Table) -> Figure | None:
             )
             empty_labelled = True
     ax.axhline(1 - sparsity, color="black", linestyle=":", linewidth=1, label="overall density")
-    many = len(names) > 8
-    ax.set_xticks(
-        range(len(names)),
-        [n.removesuffix(".weight") for n in names],
-        rotation=90 if many else 0,
-        fontsize=7 if many else 9,
-    )
+    ax.set_xticks(range(len(names)), labels, rotation=90 if many else 0, fontsize=7 if many else 9)
     ax.set_xlabel("layer (input to output)")
     title = f"{table.title}: per-layer density of each mask at {sparsity_label(sparsity)} sparsity"
     finish(figure, [ax], title, "weights kept in the layer (log scale)")

@@ -9,7 +9,8 @@ the same runs give byte-identical text however they were scheduled or resumed.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from anymask.experiments.report.groups import (
     BASELINE,
@@ -63,17 +64,40 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
+@dataclass(frozen=True)
+class ArmColumn:
+    """A column the long table repeats for every arm: headed '<arm> <name>', one cell per group."""
+
+    name: str
+    cell: Callable[[Table, Group], str]
+    compares: bool = False  # a comparison with `default`: the `default` arm has no such column
+
+
+# The long table's columns, per arm, in order. A new column is one entry here (and a sentence in the
+# legend of `table_markdown`): e.g. a training-cost column, `ArmColumn("cost", cost_cell, compares=True)`
+# with `cost_cell` reading summary.json keys such as `train_flops_vs_default` from `group.runs`.
+ARM_COLUMNS = (
+    ArmColumn("final", lambda table, group: final_cell(group)),
+    ArmColumn("best", lambda table, group: percent_cell(group.values("best_test_acc"))),
+    ArmColumn("gain", lambda table, group: _gain_text(table, group), compares=True),
+)
+
+
+def arm_columns(recipe: str) -> list[ArmColumn]:
+    return [column for column in ARM_COLUMNS if recipe != BASELINE or not column.compares]
+
+
 def table_markdown(table: Table) -> str:
     """One table: rows mask x sparsity; per recipe final and best accuracy, and the gain over default."""
     header = ["mask", "sparsity"]
     for recipe in table.recipes:
-        header += [f"{recipe} final", f"{recipe} best"] + ([f"{recipe} gain"] if recipe != BASELINE else [])
+        header += [f"{recipe} {column.name}" for column in arm_columns(recipe)]
     rows = []
     for mask, sparsity in table.rows:
         row = [mask, sparsity_label(sparsity)]
         for recipe in table.recipes:
             group = table.group(mask, sparsity, recipe)
-            row += _recipe_cells(table, group, recipe)
+            row += [column.cell(table, group) if group else "–" for column in arm_columns(recipe)]
         rows.append(row)
     epochs = {run.summary["epochs"] for g in table.groups for run in g.runs}
     after = f" after {epochs.pop()} epochs" if len(epochs) == 1 else ""
@@ -163,14 +187,6 @@ def accuracy_matrix_markdown(table: Table) -> str:
                 cells = [final_cell(g) if g else "–" for g in groups]
                 rows.append([mask, *([recipe] if several_recipes else []), *cells])
     return f"Final {table.metric} accuracy (%) by sparsity:\n\n{markdown_table(header, rows)}\n"
-
-
-def _recipe_cells(table: Table, group: Group | None, recipe: str) -> list[str]:
-    width = 2 if recipe == BASELINE else 3
-    if group is None:
-        return ["–"] * width
-    cells = [final_cell(group), percent_cell(group.values("best_test_acc"))]
-    return cells + ([_gain_text(table, group)] if recipe != BASELINE else [])
 
 
 def _gain_text(table: Table, group: Group) -> str:
