@@ -154,13 +154,15 @@ def test_other_varying_settings_split_tables(tmp_path: Path) -> None:
         ["2: lr=0.2", "65.00 (1)", "69.00 (1)"],
     ]
     assert "A variant is named by its lr (no value is the most common)." in markdown
-    # one recipe: no gain to plot, and the variants' learning curves would repeat the sections' numbers
+    # one recipe: no gain to plot; each variant keeps its accuracy plot and learning curves
     assert files == {
         "report.md",
         "results.csv",
         "timings.csv",
         "accuracy_vs_sparsity_cnn_digits_variant1.png",
         "accuracy_vs_sparsity_cnn_digits_variant2.png",
+        "learning_curves_cnn_digits_variant1.png",
+        "learning_curves_cnn_digits_variant2.png",
     }
 
 
@@ -206,8 +208,10 @@ def test_variants_read_as_one_table(variant_runs: Path, tmp_path: Path) -> None:
     ]
     assert "value most variants have (ghost_epochs=1.0, ls_alpha=0.1)." in markdown
     assert "## cnn on digits (variant 3: ls_alpha=0.05)" in markdown
-    # one mask and sparsity: the variants plot, and no single-point plot per variant
-    assert files == {"report.md", "results.csv", "timings.csv", "variants_gain_cnn_digits.png"}
+    # one mask and sparsity: the variants plot and each variant's learning curves, no single-point plot
+    curves = {f"learning_curves_cnn_digits_variant{n}.png" for n in (1, 2, 3)}
+    assert files == {"report.md", "results.csv", "timings.csv", "variants_gain_cnn_digits.png", *curves}
+    assert "![learning_curves_cnn_digits_variant3](learning_curves_cnn_digits_variant3.png)" in markdown
     assert "![variants_gain_cnn_digits](variants_gain_cnn_digits.png)" in markdown
     # results.csv names each row's settings in full: the variants table can be rebuilt from it
     rows = read_csv(tmp_path / "report" / "results.csv")
