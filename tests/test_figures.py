@@ -177,6 +177,7 @@ def test_inspect_density_plot_fits(tmp_path: Path) -> None:
     assert border_problems(matplotlib.image.imread(tmp_path / "densities.png")) == []
 
 
+@pytest.mark.filterwarnings("ignore:constrained_layout not applied")  # the first, overfull draw
 def test_a_legend_wider_than_its_figure_is_refitted() -> None:
     """The check itself: a legend laid out past the figure is found, and `fit` brings it inside."""
     figure = Figure(figsize=(3, 2), layout="constrained")
