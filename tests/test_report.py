@@ -632,3 +632,30 @@ def test_three_seed_dst_table_gives_mean_sd_and_paired_intervals_against_the_sta
     }
     assert set(pooled) >= {"default+set − default", "tost+set − default", "tost+set − tost"}
     assert gain_cell(pooled["tost+set − tost"]) == gain("tost+set", "tost")
+
+
+def test_cost_column_reads_each_runs_flops_and_time_against_default(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, (flops, seconds) in enumerate([(1.2, 30.0), (1.4, 50.0)]):
+        for recipe, ratio, time in [("default", 1.0, 20.0), ("kd", flops, seconds)]:
+            folder = make_run(root, "erk", 0.98, recipe, seed, 0.6, 0.61)
+            summary = json.loads((folder / "summary.json").read_text())
+            summary.update(train_flops_vs_default=ratio, train_seconds=time)
+            (folder / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report"
+    write_report([root], out)
+    text = (out / "report.md").read_text()
+    assert "kd cost" in text and "default cost" not in text
+    assert "1.30x FLOPs, 2.00x time" in text
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    kd = next(row for row in rows if row["recipe"] == "kd")
+    assert float(kd["train_flops_vs_default_mean"]) == pytest.approx(1.3)
+
+
+def test_reports_of_runs_without_costs_have_no_cost_column(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for recipe in ("default", "tost"):
+        make_run(root, "erk", 0.98, recipe, 0, 0.6, 0.61)
+    write_report([root], tmp_path / "report")
+    assert "cost" not in (tmp_path / "report" / "report.md").read_text()
+    assert "train_flops" not in (tmp_path / "report" / "results.csv").read_text()

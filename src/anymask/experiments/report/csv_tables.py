@@ -45,7 +45,16 @@ def results_csv(tables: Sequence[Table]) -> str:
         short = {word: metric for metric, word in METRICS_READ.items()}[tables[0].metric]
         header = [name.replace("test_acc", f"{short}_acc") for name in header]
     rows = [_csv_row(table, group) for table in tables for group in table.groups]
+    if any(group.values("train_flops_vs_default") for table in tables for group in table.groups):
+        header += ["train_flops_vs_default_mean", "train_seconds_mean"]  # runs that counted their cost
+        groups = [group for table in tables for group in table.groups]
+        for row, group in zip(rows, groups, strict=True):
+            row += [_mean_or_blank(group.values(key)) for key in ("train_flops_vs_default", "train_seconds")]
     return _csv_text(header, rows)
+
+
+def _mean_or_blank(values: Sequence[float]) -> str:
+    return _number(statistics.fmean(values)) if values else ""
 
 
 def _csv_row(table: Table, group: Group) -> list[str]:

@@ -71,33 +71,57 @@ class ArmColumn:
     name: str
     cell: Callable[[Table, Group], str]
     compares: bool = False  # a comparison with `default`: the `default` arm has no such column
+    shown: Callable[[Table], bool] = lambda table: True  # e.g. only for runs that recorded the data
+
+
+def has_cost(table: Table) -> bool:
+    """Runs made since training costs are counted (summary.json's `train_flops_vs_default`)."""
+    return any(group.values("train_flops_vs_default") for group in table.groups)
+
+
+def cost_cell(table: Table, group: Group) -> str:
+    """'1.28x FLOPs, 1.61x time': training FLOPs against the default protocol on the same mask (from the
+    run's own count) and training time against the `default` arm's runs in this table."""
+    flops = group.values("train_flops_vs_default")
+    parts = [f"{statistics.fmean(flops):.2f}x FLOPs"] if flops else []
+    baseline = table.baseline_of(group)
+    if baseline is not None and baseline.values("train_seconds") and group.values("train_seconds"):
+        ratio = statistics.fmean(group.values("train_seconds")) / statistics.fmean(
+            baseline.values("train_seconds")
+        )
+        parts.append(f"{ratio:.2f}x time")
+    return ", ".join(parts) or "–"
 
 
 # The long table's columns, per arm, in order. A new column is one entry here (and a sentence in the
-# legend of `table_markdown`): e.g. a training-cost column, `ArmColumn("cost", cost_cell, compares=True)`
-# with `cost_cell` reading summary.json keys such as `train_flops_vs_default` from `group.runs`.
+# legend of `table_markdown`).
 ARM_COLUMNS = (
     ArmColumn("final", lambda table, group: final_cell(group)),
     ArmColumn("best", lambda table, group: percent_cell(group.values("best_test_acc"))),
     ArmColumn("gain", lambda table, group: _gain_text(table, group), compares=True),
+    ArmColumn("cost", cost_cell, compares=True, shown=has_cost),
 )
 
 
-def arm_columns(recipe: str) -> list[ArmColumn]:
-    return [column for column in ARM_COLUMNS if recipe != BASELINE or not column.compares]
+def arm_columns(recipe: str, table: Table) -> list[ArmColumn]:
+    return [
+        column
+        for column in ARM_COLUMNS
+        if (recipe != BASELINE or not column.compares) and column.shown(table)
+    ]
 
 
 def table_markdown(table: Table) -> str:
     """One table: rows mask x sparsity; per recipe final and best accuracy, and the gain over default."""
     header = ["mask", "sparsity"]
     for recipe in table.recipes:
-        header += [f"{recipe} {column.name}" for column in arm_columns(recipe)]
+        header += [f"{recipe} {column.name}" for column in arm_columns(recipe, table)]
     rows = []
     for mask, sparsity in table.rows:
         row = [mask, sparsity_label(sparsity)]
         for recipe in table.recipes:
             group = table.group(mask, sparsity, recipe)
-            row += [column.cell(table, group) if group else "–" for column in arm_columns(recipe)]
+            row += [column.cell(table, group) if group else "–" for column in arm_columns(recipe, table)]
         rows.append(row)
     epochs = {run.summary["epochs"] for g in table.groups for run in g.runs}
     after = f" after {epochs.pop()} epochs" if len(epochs) == 1 else ""
@@ -107,6 +131,11 @@ def table_markdown(table: Table) -> str:
         f"Gain: final accuracy minus `{BASELINE}` on the same mask, sparsity and seeds (points), "
         "with its 95% confidence interval (Student t over the paired differences) and the number of pairs."
     )
+    if has_cost(table):
+        legend += (
+            " Cost: training FLOPs against the default protocol on the same mask (counted as the RigL paper "
+            "counts them, teacher forward passes included) and training time against the `default` runs."
+        )
     extras = [accuracy_matrix_markdown(table), pooled_gains_markdown(table)]
     settings = f"Settings of this variant: {table.setting}.\n\n" if table.variant else ""
     long_table = f"## {table.title}\n\n{settings}{legend}\n\n{markdown_table(header, rows)}\n"
