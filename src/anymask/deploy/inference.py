@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from anymask.deploy.kernels import KERNELS, Kernel, LayerWeights
+from anymask.deploy.kernels import KERNELS, Kernel, LayerWeights, layer_weights
 from anymask.errors import AnymaskError
 from anymask.masks import Mask
 
@@ -215,7 +215,7 @@ def _replace_layers(graph: fx.GraphModule, sparse: dict[str, type[Kernel]], poli
             continue
         if calls[node.target] > 1:
             continue  # a module called twice would need one kernel per call site
-        weights = _fuse_followers(graph, node, modules, _layer_weights(modules[node.target]))
+        weights = _fuse_followers(graph, node, modules, layer_weights(modules[node.target]))
         kernels: dict[str, Kernel] = {"dense": KERNELS.get("dense")(weights)}
         for name, kernel in sparse.items():
             if kernel.supports(weights) and (policy == name or weights.density <= MAX_SPARSE_DENSITY):
@@ -254,19 +254,3 @@ def _fuse_followers(
     graph.graph.erase_node(relu)
     graph.graph.erase_node(add)
     return weights.fused(relu=True, residual=True)
-
-
-def _layer_weights(module: nn.Module) -> LayerWeights:
-    weight = module.weight.detach().float().contiguous()
-    bias = module.bias
-    bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
-    if isinstance(module, nn.Conv2d):
-        if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            raise AnymaskError(
-                f"sparse inference supports numeric zero padding only; this model has a conv with "
-                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}"
-            )
-        return LayerWeights(
-            weight, bias, tuple(module.stride), tuple(module.padding), tuple(module.dilation), module.groups
-        )
-    return LayerWeights(weight, bias)
