@@ -22,6 +22,7 @@ cannot run, every layer runs dense and one line says why.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
 import sys
@@ -172,10 +173,8 @@ class SparseInference(nn.Module):
             if self._folded is not None and len(image_shape) == 3:
                 from anymask.deploy.program import Unsupported, compile_program
 
-                try:
+                with contextlib.suppress(Unsupported):  # then layer by layer
                     self._programs[image_shape] = compile_program(self._folded, image_shape)  # type: ignore[arg-type]
-                except Unsupported:
-                    pass  # layer by layer, as any graph the program cannot express
         return self._programs[image_shape]
 
     def _chunks(self, batch: int) -> list[int]:
@@ -238,9 +237,19 @@ def sparse_inference_model(
     sparse = sparse_kernels(kernel)
     if kernel != AUTO and kernel not in sparse:
         kernel = "dense"  # asked for dense, or the notice above said why not
-    folded = copy.deepcopy(graph) if kernel in (AUTO, PROGRAM) and PROGRAM in sparse else None
+    folded = None
+    if PROGRAM in sparse and (
+        kernel == PROGRAM or (kernel == AUTO and _density(graph) <= MAX_SPARSE_DENSITY)
+    ):
+        folded = copy.deepcopy(graph)
     _replace_layers(graph, sparse, kernel)
     return SparseInference(graph, folded, kernel, threads)
+
+
+def _density(graph: fx.GraphModule) -> float:
+    """Kept fraction of all Conv2d and Linear weights."""
+    weights = [m.weight for m in graph.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return sum(int(w.count_nonzero()) for w in weights) / max(1, sum(w.numel() for w in weights))
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:

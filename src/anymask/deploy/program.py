@@ -28,10 +28,10 @@ from torch import fx, nn
 from anymask.deploy.kernels import LayerWeights, layer_weights
 
 INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)  # = program_kernels' op kinds
-OP_FIELDS = (
-    "kind src channels height width dst outputs out_height out_width residual first_tap first_bias "
-    "stride_h stride_w relu size mode scratch"
-).split()
+OP_FIELDS = [
+    "kind", "src", "channels", "height", "width", "dst", "outputs", "out_height", "out_width", "residual",
+    "first_tap", "first_bias", "stride_h", "stride_w", "relu", "size", "mode", "scratch",
+]  # fmt: skip
 SAME, PHASES, ROWS = range(3)  # = program_kernels' conv modes
 MAX_PAD = 3
 """Largest convolution padding lowered (every tensor carries a border this wide)."""
@@ -64,6 +64,8 @@ class Lowering:
     steps: list[Step] = field(default_factory=list)
     shapes: dict[fx.Node, Shape] = field(default_factory=dict)
     alias: dict[fx.Node, fx.Node] = field(default_factory=dict)
+    flat: set[fx.Node] = field(default_factory=set)  # nodes whose tensor is (N, features), not NCHW
+    flat_output: bool = False
 
     def source(self, node: object) -> fx.Node:
         if not isinstance(node, fx.Node):
@@ -82,7 +84,7 @@ class Lowering:
 def _conv(low: Lowering, node: fx.Node, module: nn.Module) -> None:
     source = low.source(node.args[0])
     layer = layer_weights(module)
-    channels, height, width = low.shapes[source]
+    _, height, width = low.shapes[source]
     if max(layer.padding) > MAX_PAD:
         raise Unsupported(f"convolution padding {layer.padding} above {MAX_PAD}")
     out_h, out_w = layer.output_size(height, width)
@@ -94,11 +96,14 @@ def _linear(low: Lowering, node: fx.Node, module: nn.Module) -> None:
     if int(np.prod(low.shapes[source])) != module.in_features:
         raise Unsupported(f"a Linear of {module.in_features} inputs on a {low.shapes[source]} tensor")
     low.add(Step(LINEAR, [source], node, (module.out_features, 1, 1), layer_weights(module)))
+    low.flat.add(node)
 
 
 def _relu(low: Lowering, node: fx.Node, module: object = None) -> None:
     source = low.source(node.args[0])
     low.add(Step(RELU, [source], node, low.shapes[source]))
+    if node.args[0] in low.flat:
+        low.flat.add(node)
 
 
 def _max_pool(low: Lowering, node: fx.Node, module: nn.Module) -> None:
@@ -124,6 +129,8 @@ def _passes_through(low: Lowering, node: fx.Node, module: object = None) -> None
     """Identity, eval-mode Dropout and flatten: the same arena block (a Linear reads any shape)."""
     source = low.source(node.args[0])
     low.alias[node] = source
+    if node.args[0] in low.flat:
+        low.flat.add(node)
 
 
 def _flatten(low: Lowering, node: fx.Node, module: object = None) -> None:
@@ -131,6 +138,7 @@ def _flatten(low: Lowering, node: fx.Node, module: object = None) -> None:
     if start != 1 or len(node.args) > 2 or "end_dim" in node.kwargs:
         raise Unsupported("a flatten other than flatten(x, 1)")
     _passes_through(low, node)
+    low.flat.add(node)
 
 
 def _add(low: Lowering, node: fx.Node, function: object = None) -> None:
@@ -140,12 +148,15 @@ def _add(low: Lowering, node: fx.Node, function: object = None) -> None:
     if low.shapes[first] != low.shapes[second]:
         raise Unsupported("an add with broadcasting")
     low.add(Step(ADD, [first, second], node, low.shapes[first]))
+    if node.args[0] in low.flat:
+        low.flat.add(node)
 
 
 def _flatten_module(low: Lowering, node: fx.Node, module: nn.Module) -> None:
     if module.start_dim != 1 or module.end_dim != -1:
         raise Unsupported(f"{module}")
     _passes_through(low, node)
+    low.flat.add(node)
 
 
 MODULE_LOWERINGS: dict[type, Callable[[Lowering, fx.Node, nn.Module], None]] = {
@@ -175,8 +186,9 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[-1]))
 
 
-def lower(graph: fx.GraphModule, shape: Shape) -> list[Step]:
-    """The graph's steps for images of `shape`, fused; raises Unsupported."""
+def lower(graph: fx.GraphModule, shape: Shape) -> tuple[list[Step], bool]:
+    """The graph's steps for images of `shape`, fused, and whether its output is flat (N, features)
+    rather than NCHW; raises Unsupported."""
     low = Lowering(dict(graph.named_modules()))
     for node in graph.graph.nodes:
         if node.op == "placeholder":
@@ -195,12 +207,11 @@ def lower(graph: fx.GraphModule, shape: Shape) -> list[Step]:
             METHOD_LOWERINGS[str(node.target)](low, node, None)
         elif node.op == "output":
             result = low.source(node.args[0])
-            if low.shapes[result][1:] != (1, 1):
-                raise Unsupported(f"an output of shape {low.shapes[result]} (one vector per image expected)")
+            low.flat_output = node.args[0] in low.flat
             low.add(Step(OUTPUT, [result], None, low.shapes[result]))
         else:
             raise Unsupported(f"{node.op} {node.target}")
-    return _fuse_relus(_fuse_residuals(low.steps))
+    return _fuse_relus(_fuse_residuals(low.steps)), low.flat_output
 
 
 def _uses(steps: list[Step]) -> dict[fx.Node, int]:
@@ -247,7 +258,8 @@ def _fuse_relus(steps: list[Step]) -> list[Step]:
 def conv_mode(layer: LayerWeights, in_shape: Shape, out_shape: Shape, pad: int) -> int:
     """SAME: stride 1 and output size = input size, so a tap is a shift of the input plane. PHASES:
     strided, every tap's shift inside the border once the input is split into stride x stride phase
-    planes of the output's size. ROWS otherwise (row by row, any geometry)."""
+    planes of the output's size, and enough kept weights to pay for the split. ROWS otherwise (row by
+    row, any geometry)."""
     if layer.stride == (1, 1) and in_shape[1:] == out_shape[1:]:
         return SAME
     kh, kw = layer.weight.shape[2:]
@@ -256,7 +268,12 @@ def conv_mode(layer: LayerWeights, in_shape: Shape, out_shape: Shape, pad: int) 
         for size, d, p, s in zip((kh, kw), layer.dilation, layer.padding, layer.stride, strict=True)
         for k in (0, size - 1)
     ]
-    return PHASES if all(-pad <= r <= pad for r in reach) else ROWS
+    if not all(-pad <= r <= pad for r in reach):
+        return ROWS
+    # Splitting copies the input once per phase: worth it when each copied plane serves several kept
+    # weights (a 3x3 or 1x1 conv), not for a depthwise conv (at most 9 weights per channel, often 1-2)
+    taps = int(layer.weight.count_nonzero())
+    return PHASES if taps >= 2 * in_shape[0] * layer.stride[0] * layer.stride[1] else ROWS
 
 
 def _taps(
@@ -308,7 +325,8 @@ class Program:
     weight: np.ndarray
     bias: np.ndarray
     floats_per_image: int  # arena size for one image
-    outputs: int
+    outputs: int  # values per image
+    output_shape: tuple[int, ...]  # of one image's output: (features,) or (C, H, W)
     shape: Shape
     layers: int  # convolutions and linears
     _arenas: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
@@ -321,13 +339,23 @@ class Program:
         workers = max(1, min(threads, -(-total // chunk)))
         logits = np.empty((total, self.outputs), dtype=np.float32)
         arena = self._arena(chunk, workers)
-        args = (self.ops, self.pad, self.indptr, self.chan, self.dy, self.dx, self.offset, self.weight, self.bias)
+        args = (
+            self.ops,
+            self.pad,
+            self.indptr,
+            self.chan,
+            self.dy,
+            self.dx,
+            self.offset,
+            self.weight,
+            self.bias,
+        )
         if workers == 1:
             kernels.run_serial(*args, images, chunk, arena[0], logits)
         else:
             with self._lock:  # one parallel region at a time (numba's workqueue layer is not reentrant)
                 kernels.run_parallel(*args, images, chunk, arena, logits)
-        return logits
+        return logits.reshape(total, *self.output_shape)
 
     def _arena(self, chunk: int, workers: int) -> np.ndarray:
         key = (chunk, workers)
@@ -338,7 +366,7 @@ class Program:
 
 def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
     """Lower the folded `graph` for images of `shape` and encode it; raises Unsupported."""
-    steps = lower(graph, shape)
+    steps, flat_output = lower(graph, shape)
     convs = [s.layer for s in steps if s.kind == CONV and s.layer is not None]
     pad = max([max(layer.padding) for layer in convs] + [0])
     shapes = {s.output: s.shape for s in steps if s.output is not None}
@@ -399,7 +427,8 @@ def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
         weight=_join(values, np.float32),
         bias=_join(biases, np.float32),
         floats_per_image=max([start + size for start, size in [*slots.values(), *scratch.values()]] + [1]),
-        outputs=output.shape[0],
+        outputs=int(np.prod(output.shape)),
+        output_shape=(int(np.prod(output.shape)),) if flat_output else output.shape,
         shape=shape,
         layers=len(counts),
     )
