@@ -43,6 +43,11 @@ from anymask.masks import MaskConfig, make_mask
 MODELS = ("resnet20", "resnet32", "vgg16", "mobilenetv2")
 QUICK_MODELS = ("resnet20", "vgg16", "mobilenetv2")
 HEADLINE = ("resnet20", 0.98, 2)  # model, sparsity, threads of the last four lines
+PLOT_LABELS = {
+    "dense": "dense PyTorch (BN folded)",
+    "onnxruntime": "onnxruntime (dense)",
+    "sparse": "anymask SparseInference",
+}
 LABELS = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "vgg16": "VGG-16", "mobilenetv2": "MobileNetV2"}
 
 
@@ -176,7 +181,7 @@ def plot(rows: list[Row], folder: Path) -> None:
                 (r for r in rows if r.model == model and r.batch == batch), key=lambda r: r.sparsity
             )
             for case, style in (("dense", "s--"), ("onnxruntime", "o--"), ("sparse", "D-")):
-                label = "anymask SparseInference" if case == "sparse" else f"{case} (dense)"
+                label = PLOT_LABELS[case]
                 axis.plot([r.sparsity * 100 for r in mine], [r.ms[case] for r in mine], style, label=label)
             axis.set(xlabel="sparsity (%), ERK", ylabel="ms per batch", yscale="log")
             axis.set_title(f"{LABELS.get(model, model)}, batch {batch}, {mine[0].threads} threads")

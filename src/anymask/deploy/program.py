@@ -272,8 +272,18 @@ def conv_mode(layer: LayerWeights, in_shape: Shape, out_shape: Shape, pad: int) 
         return ROWS
     # Splitting copies the input once per phase: worth it when each copied plane serves several kept
     # weights (a 3x3 or 1x1 conv), not for a depthwise conv (at most 9 weights per channel, often 1-2)
-    taps = int(layer.weight.count_nonzero())
-    return PHASES if taps >= 2 * in_shape[0] * layer.stride[0] * layer.stride[1] else ROWS
+    _, _, ky, kx = layer.weight.nonzero(as_tuple=True)
+    sh, sw = layer.stride
+    phases = len(
+        set(
+            zip(
+                (ky * layer.dilation[0] - layer.padding[0]).remainder(sh).tolist(),
+                (kx * layer.dilation[1] - layer.padding[1]).remainder(sw).tolist(),
+                strict=True,
+            )
+        )
+    )
+    return PHASES if phases and len(ky) >= 2 * in_shape[0] * phases else ROWS
 
 
 def _taps(
