@@ -348,7 +348,6 @@ class Program:
         chunk = max(1, min(chunk, total))
         workers = max(1, min(threads, -(-total // chunk)))
         logits = np.empty((total, self.outputs), dtype=np.float32)
-        arena = self._arena(chunk, workers)
         args = (
             self.ops,
             self.pad,
@@ -360,10 +359,11 @@ class Program:
             self.weight,
             self.bias,
         )
-        if workers == 1:
-            kernels.run_serial(*args, images, chunk, arena[0], logits)
-        else:
-            with self._lock:  # one parallel region at a time (numba's workqueue layer is not reentrant)
+        with self._lock:  # the arenas are shared; and numba's workqueue layer is not reentrant
+            arena = self._arena(chunk, workers)
+            if workers == 1:
+                kernels.run_serial(*args, images, chunk, arena[0], logits)
+            else:
                 kernels.run_parallel(*args, images, chunk, arena, logits)
         return logits.reshape(total, *self.output_shape)
 
