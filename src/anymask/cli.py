@@ -190,6 +190,15 @@ def report_command(args: argparse.Namespace) -> int:
 
 @command("export")
 def export_command(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from anymask.deploy.onnx_export import export_run_onnx
+
+        onnx = export_run_onnx(Path(args.run_dir), Path(args.out))
+        print(
+            f"saved {onnx.path}: {onnx.file_bytes:,} bytes of ONNX (the plain model, dense); onnxruntime's "
+            f"logits equal PyTorch's within {onnx.max_difference:.1e}"
+        )
+        return 0
     from anymask.deploy import export_run
 
     result = export_run(Path(args.run_dir), Path(args.out))
@@ -444,12 +453,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = sub.add_parser(
-        "export", help="write a finished run's weights compressed (kept values + positions)"
+        "export", help="write a finished run's weights compressed (kept values + positions), or as ONNX"
     )
     export.add_argument(
         "run_dir", help="a finished run folder (holds model.safetensors and mask.safetensors)"
     )
-    export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="safetensors: kept values + positions, for anymask (default); onnx: the plain trained model "
+        "for onnxruntime (needs `pip install 'anymask[onnx]'`)",
+    )
+    export.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
     add_ensemble_parsers(sub)
     return parser
 
