@@ -214,16 +214,20 @@ def field_types() -> dict[str, Any]:
 
 def field_help() -> dict[str, str]:
     """Flat key -> the docstring written under the field (used as --help text)."""
+    return {key: text for cls in SECTIONS.values() for key, text in documented_fields(cls).items()}
+
+
+def documented_fields(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it, for one dataclass."""
     import ast
     import inspect
 
     helps: dict[str, str] = {}
-    for cls in SECTIONS.values():
-        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-        for stmt, nxt in itertools.pairwise(body):
-            documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-            if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
-                helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in itertools.pairwise(body):
+        documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+        if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
+            helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
     return helps
 
 
