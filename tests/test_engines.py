@@ -115,22 +115,39 @@ def test_missing_engine_package_names_its_extra(
 
 
 # -- Ray: a head and a worker node on 127.0.0.1, the worker killed mid-run ------------------------------
-def test_ray_sweep_survives_a_dead_node_and_matches_the_local_engine(
-    tmp_path: Path, local_weights: dict[str, bytes]
-) -> None:
+@pytest.fixture
+def loopback_ray(monkeypatch: pytest.MonkeyPatch) -> object:
+    """Ray's cluster utilities, with every node (and the sweep's driver) on 127.0.0.1.
+
+    Ray maps a loopback address to the machine's own address unless told the cluster is this machine
+    only; then a driver given 127.0.0.1:port looks for the head elsewhere and waits forever."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     cluster_utils = pytest.importorskip("ray.cluster_utils")
+    from ray._private import ray_constants
+
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    return cluster_utils
+
+
+def test_ray_sweep_survives_a_dead_node_and_matches_the_local_engine(
+    tmp_path: Path, local_weights: dict[str, bytes], loopback_ray: object
+) -> None:
     node = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1"}
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster = loopback_ray.Cluster(  # type: ignore[attr-defined]
+        initialize_head=True, head_node_args={**node, "include_dashboard": False}
+    )
+    sweep = None
     try:
         worker = cluster.add_node(**node)
         cluster.wait_for_nodes()
+        assert cluster.address.startswith("127.0.0.1:")
         out = tmp_path / "out"
         command = [sys.executable, "-m", "anymask", "sweep", str(sweep_file(tmp_path)), "--out", str(out)]
         command += ["--engine", "ray", "--address", cluster.address, "--cpus-per-run", "1"]
         sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # One CPU per node and per run: both runs train at once, one on each node. Kill the worker node
         # once both are mid-run; its run must be retried on the head and resume from its checkpoint.
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300
         while len(in_progress(out)) < 2 and sweep.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(in_progress(out)) == 2, "the runs never trained side by side"
@@ -139,6 +156,9 @@ def test_ray_sweep_survives_a_dead_node_and_matches_the_local_engine(
         killed_at = time.time_ns()
         output, _ = sweep.communicate(timeout=300)
     finally:
+        if sweep is not None and sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
         cluster.shutdown()
     assert sweep.returncode == 0, output
     assert "all 2 runs finished" in output
@@ -146,8 +166,55 @@ def test_ray_sweep_survives_a_dead_node_and_matches_the_local_engine(
     for name, mtime in started.items():  # resumed, never started over: the run's config is the first one
         assert (out / name / "config.json").stat().st_mtime_ns == mtime
         assert (out / name / "summary.json").stat().st_mtime_ns > killed_at
-        epochs = [
-            json.loads(line)["epoch"] for line in (out / name / "metrics.jsonl").read_text().splitlines()
-        ]
-        assert epochs == [1, 2, 3, 4]
+        lines = (out / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
     assert not list(out.glob("*/checkpoint.pt")) and not list(out.glob(".*.lock"))
+
+
+# -- SLURM: a real single-node cluster, the running array tasks preempted mid-run ------------------------
+@pytest.mark.slow
+def test_slurm_sweep_requeues_preempted_tasks_and_matches_the_local_engine(
+    tmp_path: Path, local_weights: dict[str, bytes]
+) -> None:
+    from slurm_cluster import slurm_cluster, squeue, why_unavailable
+
+    pytest.importorskip("submitit")
+    if reason := why_unavailable():
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    with slurm_cluster(tmp_path / "slurm", cpus=2) as env:
+        command = [sys.executable, "-m", "anymask", "sweep", str(sweep_file(tmp_path)), "--out", str(out)]
+        command += ["--engine", "slurm", "--partition", "test", "--time", "10", "--cpus-per-run", "1"]
+        pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        sweep = subprocess.Popen(command, env=env, **pipe)
+        try:
+            deadline = time.monotonic() + 300
+            while len(in_progress(out)) < 2 and sweep.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(in_progress(out)) == 2, "the array's tasks never trained side by side"
+            started = {run.name: (run / "config.json").stat().st_mtime_ns for run in in_progress(out)}
+            # Preemption as SLURM announces it: SIGUSR2 to the tasks. Each requeues itself and exits;
+            # SLURM holds a requeued job for two minutes, which the test skips by starting it now.
+            array = squeue(env)[0][0].split("_")[0]
+            subprocess.run(["scancel", "--signal=USR2", array], env=env, check=True)
+            preempted_at = time.time_ns()
+            held = time.monotonic() + 120
+            while sweep.poll() is None and time.monotonic() < held:
+                for job, state, reason in squeue(env):
+                    if state == "PENDING" and reason == "BeginTime":
+                        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env)
+                time.sleep(0.5)
+            output, _ = sweep.communicate(timeout=300)
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+                sweep.wait()
+    assert sweep.returncode == 0, output
+    assert "all 2 runs finished" in output
+    logs = "".join(p.read_text() for p in out.glob(".slurm/*/*_log.err"))
+    assert logs.count("this job is preempted") == 2, logs
+    assert weights(out) == local_weights
+    for name, mtime in started.items():
+        assert (out / name / "config.json").stat().st_mtime_ns == mtime
+        assert (out / name / "summary.json").stat().st_mtime_ns > preempted_at
+    assert not list(out.glob("*/checkpoint.pt"))

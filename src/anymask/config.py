@@ -22,6 +22,7 @@ from anymask.dst.config import DstConfig
 from anymask.errors import AnymaskError
 from anymask.masks.config import MaskConfig
 from anymask.recipe.config import RecipeConfig
+from anymask.tracking.config import TrackingConfig
 
 
 @dataclass
@@ -112,6 +113,7 @@ SECTIONS: dict[str, type] = {
     "recipe": RecipeConfig,
     "train": TrainConfig,
     "dst": DstConfig,
+    "tracking": TrackingConfig,
 }
 
 # Settings that change how a run is displayed or scheduled, never its numbers: left out of the hash.
@@ -155,6 +157,7 @@ class RunConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dst: DstConfig = field(default_factory=DstConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, section), key) for key, section in field_sections().items()}
@@ -182,7 +185,7 @@ class RunConfig:
     def read_settings(self) -> dict[str, Any]:
         """The flat settings that can change this run's numbers: display settings and the settings of
         recipe parts, mask methods or dynamic sparse training not in use are left out."""
-        sections = (self.mask, self.recipe, self.dst)
+        sections = (self.mask, self.recipe, self.dst, self.tracking)
         inert = NOT_HASHED.union(*(section.inert_settings() for section in sections))
         return {k: v for k, v in self.to_flat().items() if k not in inert}
 

@@ -53,7 +53,7 @@ class EngineSettings:
     """ray, slurm: GPUs reserved for each run (ray accepts fractions; slurm needs a whole number)."""
     retries: int = 3
     """ray: times a run is retried after its worker or node died; slurm: times a task is requeued after
-    preemption or timeout. Each retry resumes from the run's last checkpoint."""
+    running out of time (preemptions requeue without limit). Each retry resumes from the checkpoint."""
     partition: str | None = None
     """slurm: the partition (default: the cluster's default)."""
     time: int = 60
