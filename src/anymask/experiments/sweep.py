@@ -24,7 +24,7 @@ from typing import Any
 from anymask.config import RunConfig, coerce, flat_settings, parse_file, section_of
 from anymask.data.load import check_dataset_present
 from anymask.errors import AnymaskError
-from anymask.experiments.engines import ENGINES, EngineSettings, SweepProgress
+from anymask.experiments.engines import ENGINES, Engine, EngineSettings, SweepProgress
 from anymask.experiments.report import markdown_table
 from anymask.io import atomic_write_text, check_output_folder
 from anymask.train.run import CONFIG, METRICS, SUMMARY, folder_state, validate
@@ -248,7 +248,7 @@ def run_sweep(
     return out
 
 
-def engine_for(sweep: Sweep, overrides: dict[str, Any]) -> Any:
+def engine_for(sweep: Sweep, overrides: dict[str, Any]) -> Engine:
     """The sweep's engine: defaults, then the file's [engine] table, then `overrides` (the flags); its
     settings and package are checked before anything is written."""
     settings = EngineSettings().updated(sweep.engine, f"sweep {sweep.name} [engine]")
@@ -259,7 +259,7 @@ def engine_for(sweep: Sweep, overrides: dict[str, Any]) -> Any:
 
 
 def _train_all(
-    engine: Any, runs: list[PlannedRun], total: int, desc: str, keep_into: Path | None
+    engine: Engine, runs: list[PlannedRun], total: int, desc: str, keep_into: Path | None
 ) -> dict[Path, str]:
     """Train `runs` on `engine` under one progress bar; returns folder -> error. With `keep_into`, each
     run's small files are copied there the moment it finishes."""
