@@ -195,7 +195,7 @@ def test_slurm_sweep_requeues_preempted_tasks_and_matches_the_local_engine(
     out = tmp_path / "out"
     with slurm_cluster(tmp_path / "slurm", cpus=2) as env:
         command = [sys.executable, "-m", "anymask", "sweep", str(sweep_file(tmp_path)), "--out", str(out)]
-        command += ["--engine", "slurm", "--partition", "test", "--time", "10", "--cpus-per-run", "1"]
+        command += ["--engine", "slurm", "--partition", "test", "--time", "60", "--cpus-per-run", "1"]
         pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         sweep = subprocess.Popen(command, env=env, **pipe)
         try:

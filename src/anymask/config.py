@@ -141,6 +141,10 @@ ADDED_SETTINGS: dict[str, Any] = {
     "init_weights": None,
     "onecycle_warmup": 0.3,
     "onecycle_start": 0.04,
+    # trackers (issue 23): never hashed anyway (TrackingConfig.inert_settings), listed for the rule
+    "log": [],
+    "log_project": "anymask",
+    "mlflow_uri": None,
 }
 
 # Architectures changed after runs were made, with their current revision. A run of such a model hashes

@@ -136,6 +136,12 @@ class WandbTracker(Tracker):
     def summary(self, summary: dict[str, Any], epoch: int) -> None:
         self.handle.summary.update({f"final/{key}": value for key, value in summary.items()})
 
+    def flush(self) -> None:
+        # log() only queues a record for W&B's service process. Reading the summary is a round trip
+        # through the same ordered channel: once it returns, the service holds everything logged before
+        # and writes it even if this process is killed the next moment.
+        self.handle.summary.keys()
+
     def close(self) -> None:
         self.handle.finish()
 
