@@ -54,6 +54,8 @@ def test_trackers_are_a_setting_of_files_and_sweeps_that_keeps_run_folders(tmp_p
     plain = RunConfig.from_flat({"sparsity": 0.9, "mask_method": "erk"})
     logged = plain.updated({"log": "tensorboard,wandb", "log_project": "study", "mlflow_uri": "file:x"})
     assert logged.tracking.log == ["tensorboard", "wandb"] and logged.hash() == plain.hash()
+    assert plain.updated({"log": "mlflow, wandb"}).tracking.log == ["mlflow", "wandb"]
+    assert logged.updated({"log": ""}).tracking.log == []  # `--log ""`: off (as a config's flags give it)
     path = tmp_path / "s.toml"
     path.write_text('[base]\nlog = ["mlflow"]\n[base.tracking]\nlog_project = "p"\n[grid]\nseed = [0, 1]\n')
     runs = load_sweep(path).plan(tmp_path / "out")

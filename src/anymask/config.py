@@ -292,7 +292,8 @@ def coerce(key: str, value: Any) -> Any:
         _fail(key, "a value", value)
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
-        items = value.split(",") if isinstance(value, str) else value
+        # "a, b" on the command line; an empty string is the empty list (`--log ""` turns trackers off)
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             _fail(key, "a list", value)
         return [_coerce_scalar(key, item, v) for v in items]
