@@ -137,9 +137,9 @@ class WandbTracker(Tracker):
         self.handle.summary.update({f"final/{key}": value for key, value in summary.items()})
 
     def flush(self) -> None:
-        # log() only queues a record for W&B's service process. Reading the summary is a round trip
-        # through the same ordered channel: once it returns, the service holds everything logged before
-        # and writes it even if this process is killed the next moment.
+        # log() only queues a record for W&B's service process; reading the summary is a round trip
+        # through the same ordered channel, so the service holds the epoch before it is recorded as
+        # sent. (If this process is SIGKILLed, the service still drops what it had not written yet.)
         self.handle.summary.keys()
 
     def close(self) -> None:
