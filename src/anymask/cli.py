@@ -7,6 +7,7 @@ Every run setting of `anymask.config` is a flag (`sparsity` -> `--sparsity`, `ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import typing
@@ -68,6 +69,22 @@ def add_config_flags(
             group.add_argument(
                 flag_name(key), dest=key, default=argparse.SUPPRESS, metavar=metavar, help=help_text
             )
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `EngineSettings` field (`--engine`, `--workers`, `--address`...); unset flags stay
+    None so the sweep file's [engine] table keeps its values."""
+    from anymask.config import documented_fields
+    from anymask.experiments.engines import ENGINES, EngineSettings
+
+    group = parser.add_argument_group("engine: where the runs train (also an [engine] table of the file)")
+    helps = documented_fields(EngineSettings)
+    for f in dataclasses.fields(EngineSettings):
+        text = helps.get(f.name, "") + (f" (default: {f.default})" if f.default is not None else "")
+        choices = ENGINES.names() if f.name == "engine" else None
+        group.add_argument(
+            flag_name(f.name), dest=f.name, default=None, choices=choices, metavar=f.name.upper(), help=text
+        )
 
 
 def prune_settings() -> tuple[list[str], list[str]]:
@@ -166,11 +183,11 @@ def compare_command(args: argparse.Namespace) -> int:
 
 @command("sweep")
 def sweep_command(args: argparse.Namespace) -> int:
+    from anymask.experiments.engines import EngineSettings
     from anymask.experiments.sweep import run_sweep
 
-    run_sweep(
-        Path(args.sweep), out=Path(args.out) if args.out else None, workers=args.workers, dry_run=args.dry_run
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineSettings)}
+    run_sweep(Path(args.sweep), out=Path(args.out) if args.out else None, dry_run=args.dry_run, **settings)
     return 0
 
 
@@ -423,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of runs (resumable, parallel)")
     sweep.add_argument("sweep", help="sweep file: [base] settings and a [grid] of lists")
     sweep.add_argument("--out", help="folder for the runs (default: the file's out or runs/<file name>)")
-    sweep.add_argument("--workers", type=int, default=1, help="runs at a time (processes; default: 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    add_engine_flags(sweep)
 
     report = sub.add_parser("report", help="tables and plots from run folders")
     report.add_argument("dirs", nargs="+", help="run or sweep folders")

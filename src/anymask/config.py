@@ -22,6 +22,7 @@ from anymask.dst.config import DstConfig
 from anymask.errors import AnymaskError
 from anymask.masks.config import MaskConfig
 from anymask.recipe.config import RecipeConfig
+from anymask.tracking.config import TrackingConfig
 
 
 @dataclass
@@ -112,6 +113,7 @@ SECTIONS: dict[str, type] = {
     "recipe": RecipeConfig,
     "train": TrainConfig,
     "dst": DstConfig,
+    "tracking": TrackingConfig,
 }
 
 # Settings that change how a run is displayed or scheduled, never its numbers: left out of the hash.
@@ -139,6 +141,10 @@ ADDED_SETTINGS: dict[str, Any] = {
     "init_weights": None,
     "onecycle_warmup": 0.3,
     "onecycle_start": 0.04,
+    # trackers (issue 23): never hashed anyway (TrackingConfig.inert_settings), listed for the rule
+    "log": [],
+    "log_project": "anymask",
+    "mlflow_uri": None,
 }
 
 # Architectures changed after runs were made, with their current revision. A run of such a model hashes
@@ -155,6 +161,7 @@ class RunConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dst: DstConfig = field(default_factory=DstConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, section), key) for key, section in field_sections().items()}
@@ -182,7 +189,7 @@ class RunConfig:
     def read_settings(self) -> dict[str, Any]:
         """The flat settings that can change this run's numbers: display settings and the settings of
         recipe parts, mask methods or dynamic sparse training not in use are left out."""
-        sections = (self.mask, self.recipe, self.dst)
+        sections = (self.mask, self.recipe, self.dst, self.tracking)
         inert = NOT_HASHED.union(*(section.inert_settings() for section in sections))
         return {k: v for k, v in self.to_flat().items() if k not in inert}
 
@@ -214,16 +221,20 @@ def field_types() -> dict[str, Any]:
 
 def field_help() -> dict[str, str]:
     """Flat key -> the docstring written under the field (used as --help text)."""
+    return {key: text for cls in SECTIONS.values() for key, text in documented_fields(cls).items()}
+
+
+def documented_fields(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it, for one dataclass."""
     import ast
     import inspect
 
     helps: dict[str, str] = {}
-    for cls in SECTIONS.values():
-        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-        for stmt, nxt in itertools.pairwise(body):
-            documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-            if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
-                helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in itertools.pairwise(body):
+        documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+        if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
+            helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
     return helps
 
 
@@ -281,7 +292,8 @@ def coerce(key: str, value: Any) -> Any:
         _fail(key, "a value", value)
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
-        items = value.split(",") if isinstance(value, str) else value
+        # "a, b" on the command line; an empty string is the empty list (`--log ""` turns trackers off)
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             _fail(key, "a list", value)
         return [_coerce_scalar(key, item, v) for v in items]

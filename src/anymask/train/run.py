@@ -361,6 +361,7 @@ class _Run:
             start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
             if self.world.is_main:  # a kill between checkpoint and metrics left metrics one epoch short
                 self.write_metrics(history)
+                self.epoch_saved(trainer, history)
         else:
             for extension in trainer.extensions:
                 extension.start()
@@ -425,8 +426,13 @@ class _Run:
                     {"epoch": epoch + 1, "trainer": trainer.state_dict(), "history": history},
                 )
                 self.write_metrics(history)
+                self.epoch_saved(trainer, history)
             barrier(self.world)
         bar.close()
+
+    def epoch_saved(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
+        for extension in trainer.extensions:
+            extension.epoch_saved(history)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """metrics.jsonl from the history the checkpoint holds, so the two can never disagree."""
@@ -475,6 +481,8 @@ class _Run:
             summary.update(extension.summary())
             extension.finish()
         if self.world.is_main:
+            for extension in trainer.extensions:
+                extension.summarized(summary)
             save_weights(trainer.model, self.out_dir / MODEL, architecture.get("architecture"))
             atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
             (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
