@@ -43,9 +43,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data: str = "digits"
-    """Dataset from the data registry (digits, cifar10, cifar100, tinyimagenet)."""
+    """Dataset: digits, cifar10, cifar100, tinyimagenet (held in memory), imagefolder (your images under
+    data_dir/train/<class>/, streamed from disk), or your own factory as package.module:function
+    (docs/own-loop.md)."""
     data_dir: str = "data"
-    """Folder that contains the dataset's official folder (e.g. cifar-10-batches-py)."""
+    """Folder that contains the dataset's official folder (e.g. cifar-10-batches-py), or the image folder."""
     download: bool = False
     """Fetch the official archive when the dataset folder is missing."""
     val_split: int = 0
@@ -54,6 +56,15 @@ class DataConfig:
     """Train on the first N training images only (quick runs)."""
     augment: bool = True
     """Random crop with padding and horizontal flip (as the dataset defines them)."""
+    image_size: int | None = None
+    """imagefolder: resize every image to NxN (shorter side, then a centre crop); default: the images'
+    own size, which must then be the same for all."""
+    data_mean: list[float] | None = None
+    """imagefolder: per-channel mean of the pixels in [0, 1] (default: computed from 1,000 images)."""
+    data_std: list[float] | None = None
+    """imagefolder: per-channel standard deviation of the pixels in [0, 1] (default: computed)."""
+    data_workers: int = 2
+    """imagefolder and user datasets: DataLoader worker processes decoding images (0: in the main one)."""
 
 
 @dataclass
@@ -117,7 +128,7 @@ SECTIONS: dict[str, type] = {
 }
 
 # Settings that change how a run is displayed or scheduled, never its numbers: left out of the hash.
-NOT_HASHED = frozenset({"progress", "threads"})
+NOT_HASHED = frozenset({"progress", "threads", "data_workers"})
 
 # Settings added after runs were already made, each with the value that trains as anymask did before the
 # setting existed. At that value a setting is left out of the hash, so adding it renames no run folder
@@ -145,6 +156,9 @@ ADDED_SETTINGS: dict[str, Any] = {
     "log": [],
     "log_project": "anymask",
     "mlflow_uri": None,
+    "image_size": None,
+    "data_mean": None,
+    "data_std": None,
 }
 
 # Architectures changed after runs were made, with their current revision. A run of such a model hashes

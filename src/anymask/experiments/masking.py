@@ -47,7 +47,7 @@ def _cell(value: object) -> str:
 
 def prune_to_file(config: RunConfig, out: Path) -> Mask:
     """Build the config's mask on the seeded initial model (as `train` would) and save it."""
-    from anymask.data import load_dataset
+    from anymask.data import data_options, load_dataset
     from anymask.train.distributed import World, resolve_device
     from anymask.train.run import _Run, validate
 
@@ -56,13 +56,7 @@ def prune_to_file(config: RunConfig, out: Path) -> Mask:
         raise AnymaskError(f"--out must end in .safetensors or .pt, got '{out.name}'")
     check_output_file(out)
     device = resolve_device(config.train.device, World())
-    data = load_dataset(
-        config.data.data,
-        config.data.data_dir,
-        download=config.data.download,
-        val_split=config.data.val_split,
-        train_subset=config.data.train_subset,
-    ).to(device)
+    data = load_dataset(config.data.data, config.data.data_dir, **data_options(config.data)).to(device)
     run = _Run(config, out.parent / f"{out.stem}-lth", data, device, World(), resuming=False)
     torch.manual_seed(config.train.seed)
     mask, _ = run.build_mask(run.new_model())

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anymask.config import MODEL_REVISIONS, RunConfig, load_run_config, save_config, saved_model_revision
-from anymask.data import DATASETS, ImageDataset, load_dataset
+from anymask.data import TrainingData, check_data_name, data_options, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
 from anymask.flops import counting_macs, forward_macs, step_macs
@@ -74,7 +74,7 @@ def validate(config: RunConfig) -> None:
     MODELS.get(config.model.model)
     if config.model.init != DEFAULT_INIT:
         INITS.get(config.model.init)
-    DATASETS.get(config.data.data)
+    check_data_name(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
     Recipe.from_config(config.recipe, config.train.epochs)  # each part checks its settings as it is built
     if method == "lth":
@@ -102,6 +102,9 @@ def validate(config: RunConfig) -> None:
         "threads": (t.threads is None or t.threads >= 1, "1 or more (leave it unset for PyTorch's choice)"),
         "val_split": (config.data.val_split >= 0, "0 or more"),
         "train_subset": (config.data.train_subset is None or config.data.train_subset >= 1, "1 or more"),
+        "image_size": (config.data.image_size is None or config.data.image_size >= 1, "1 or more"),
+        "data_workers": (config.data.data_workers >= 0, "0 or more"),
+        "data_std": (config.data.data_std is None or min(config.data.data_std, default=0) > 0, "positive"),
         "lth_epochs": (m.lth_epochs is None or m.lth_epochs >= 1, "1 or more"),
         "synflow_iterations": (m.synflow_iterations >= 1, "1 or more"),
         "prune_samples_per_class": (m.prune_samples_per_class >= 1, "1 or more"),
@@ -162,7 +165,7 @@ def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
 
 
 def run_experiment(
-    config: RunConfig, out_dir: str | Path, *, resume: bool = False, data: ImageDataset | None = None
+    config: RunConfig, out_dir: str | Path, *, resume: bool = False, data: TrainingData | None = None
 ) -> RunResult:
     """Train one run into `out_dir`; a finished folder is returned as it is, an unfinished one resumed."""
     out_dir = Path(out_dir)
@@ -189,7 +192,7 @@ def _remove_unstarted(out_dir: Path) -> None:
 
 
 def _train(
-    config: RunConfig, out_dir: Path, data: ImageDataset | None, world: World, resuming: bool
+    config: RunConfig, out_dir: Path, data: TrainingData | None, world: World, resuming: bool
 ) -> RunResult:
     device = resolve_device(config.train.device, world)
     if device.type == "cuda":
@@ -202,16 +205,12 @@ def _train(
     return _Run(config, out_dir, data, device, world, resuming=resuming).execute()
 
 
-def load_data(config: RunConfig, world: World) -> ImageDataset:
+def load_data(config: RunConfig, world: World) -> TrainingData:
     """The run's dataset; under torchrun rank 0 downloads it before the other ranks read the folder."""
 
-    def load(download: bool) -> ImageDataset:
+    def load(download: bool) -> TrainingData:
         return load_dataset(
-            config.data.data,
-            config.data.data_dir,
-            download=download,
-            val_split=config.data.val_split,
-            train_subset=config.data.train_subset,
+            config.data.data, config.data.data_dir, **{**data_options(config.data), "download": download}
         )
 
     data = load(config.data.download) if world.is_main else None
@@ -224,7 +223,7 @@ class _Run:
         self,
         config: RunConfig,
         out_dir: Path,
-        data: ImageDataset,
+        data: TrainingData,
         device: torch.device,
         world: World,
         resuming: bool,
@@ -282,7 +281,9 @@ class _Run:
     def steps_per_epoch(self) -> int:
         from anymask.data import num_batches
 
-        return num_batches(len(self.data.train_y), self.config.train.batch_size, self.world.distributed)
+        return num_batches(
+            self.data.split_size("train"), self.config.train.batch_size, self.world.distributed
+        )
 
     def write_config(self, start_step: int = 0) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -322,7 +323,7 @@ class _Run:
         for epoch in range(first_epoch, epochs):
             trainer.train_epoch(epoch, start_step=start_step, on_step=capture, progress=bar)
         bar.close()
-        accuracy, _ = trainer.evaluate(self.data.test_x, self.data.test_y)
+        accuracy, _ = trainer.evaluate("test")
         return TrainedRound(
             state=copy.deepcopy(model.state_dict()), captured=captured.get("state"), test_acc=accuracy
         )
@@ -443,9 +444,9 @@ class _Run:
         ghost_phase = trainer.recipe.in_ghost_phase(float(epoch + 1))
         recalibrate = self.config.train.bn_recalibration_batches if ghost_phase else 0
         with trainer.recalibrated_norms(epoch, recalibrate) if recalibrate else contextlib.nullcontext():
-            test_acc, test_loss = trainer.evaluate(d.test_x, d.test_y)
-            if len(d.val_y):
-                val_acc, val_loss = trainer.evaluate(d.val_x, d.val_y)
+            test_acc, test_loss = trainer.evaluate("test")
+            if d.split_size("val"):
+                val_acc, val_loss = trainer.evaluate("val")
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": trainer.optimizer.param_groups[0]["lr"],
@@ -460,7 +461,7 @@ class _Run:
         }
         if recalibrate:
             record["bn_recalibrated"] = True
-        if len(d.val_y):
+        if d.split_size("val"):
             record["val_acc"], record["val_loss"] = val_acc, val_loss
         record.update(trainer.recipe.metrics())
         for extension in trainer.extensions:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from anymask.config import RunConfig
-from anymask.data import ImageDataset, load_dataset
+from anymask.data import DATASETS, ImageDataset, load_dataset
 from anymask.errors import AnymaskError
 from anymask.memory import return_freed_memory
 from anymask.registry import Registry
@@ -173,7 +173,10 @@ def train_run(config: RunConfig, folder: Path) -> str | None:
     """Train (or resume) one run; None on success, else the message to show (a traceback for bugs)."""
     try:
         d = config.data
-        data = _dataset(d.data, d.data_dir, d.download, d.val_split, d.train_subset)
+        # A small dataset is loaded once for consecutive runs; a streamed one (imagefolder, a factory)
+        # holds nothing worth sharing and is opened by the run itself.
+        small = d.data in DATASETS
+        data = _dataset(d.data, d.data_dir, d.download, d.val_split, d.train_subset) if small else None
         run_experiment(config, folder, resume=True, data=data)
     except AnymaskError as error:
         return str(error)
