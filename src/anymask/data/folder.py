@@ -203,9 +203,20 @@ def _statistics(
     if mean is not None and std is not None:
         return tuple(mean), tuple(std)
     n = len(train)  # type: ignore[arg-type]
-    picks = np.linspace(0, n - 1, min(n, STATISTICS_IMAGES)).round().astype(int)
-    pixels = torch.stack([train[int(i)][0] for i in np.unique(picks)]).double() / 255
-    dims = (0, 2, 3)
-    found_mean = tuple(pixels.mean(dims).tolist()) if mean is None else tuple(mean)
-    found_std = tuple(pixels.std(dims).clamp_min(1e-3).tolist()) if std is None else tuple(std)
-    return found_mean, found_std
+    picks = np.unique(np.linspace(0, n - 1, min(n, STATISTICS_IMAGES)).round().astype(int))
+    # Running per-channel sums, one image at a time: the images are never all held at once.
+    total = squares = None
+    pixels = 0
+    for i in picks:
+        image = train[int(i)][0].double().flatten(1) / 255
+        sums, sq = image.sum(1), image.square().sum(1)
+        total, squares = (sums, sq) if total is None else (total + sums, squares + sq)
+        pixels += image.shape[1]
+    assert total is not None and squares is not None
+    found_mean = total / pixels
+    variance = (squares - pixels * found_mean.square()) / max(pixels - 1, 1)
+    found_std = variance.clamp_min(1e-6).sqrt()
+    return (
+        tuple(found_mean.tolist()) if mean is None else tuple(mean),
+        tuple(found_std.tolist()) if std is None else tuple(std),
+    )

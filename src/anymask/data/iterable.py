@@ -60,13 +60,17 @@ class BatchIterable:
         self.source = source
         self.one_shot = iter(source) is source
         self.device = torch.device(device) if device is not None else None
-        self._peeked: list[Any] = []
+        self._peeked: list[Any] = []  # read by `first`, not yet given to a pass
+        self._first: Any = None
 
     def first(self) -> Batch:
+        """The first batch; a one-shot iterator's is read once and remembered (its shape stays known
+        after a pass has consumed it)."""
         if self.one_shot:
-            if not self._peeked:
-                self._peeked.append(self._next(self.source))  # type: ignore[arg-type]
-            return batch_pair(self._peeked[0])
+            if self._first is None:
+                self._first = self._next(self.source)  # type: ignore[arg-type]
+                self._peeked.append(self._first)
+            return batch_pair(self._first)
         return batch_pair(self._next(iter(self.source)))
 
     @property
