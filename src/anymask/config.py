@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -229,6 +230,7 @@ def field_sections() -> dict[str, str]:
     return {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
+@functools.cache
 def field_types() -> dict[str, Any]:
     return {name: hint for cls in SECTIONS.values() for name, hint in typing.get_type_hints(cls).items()}
 

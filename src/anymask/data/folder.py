@@ -46,7 +46,8 @@ def decode(path: Path, mode: str, size: int | None) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
-            image = image.convert(mode)
+            if image.mode != mode:  # a conversion copies the image: only when needed
+                image = image.convert(mode)
             if size is not None:
                 image = _resize_crop(image, size)
             array = np.asarray(image, dtype=np.uint8)
