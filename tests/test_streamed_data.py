@@ -122,7 +122,7 @@ def test_an_image_of_another_size_names_the_fix(tmp_path: Path) -> None:
     write_folder(tmp_path, per_class=3, size=16)
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "train" / "c1" / "odd.png")
     data = load_dataset("imagefolder", tmp_path, workers=0, mean=[0.5] * 3, std=[0.2] * 3)
-    with pytest.raises(AnymaskError, match="odd.png is 12x12, not 16x16.*--image-size"):
+    with pytest.raises(AnymaskError, match=r"odd\.png is 12x12, not 16x16.*--image-size"):
         list(data.batches("train", 4))
 
 
@@ -194,7 +194,7 @@ def test_a_user_dataset_factory_is_streamed(factory_module: str, tmp_path: Path)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
     with pytest.raises(AnymaskError, match="returned a dict; a data factory is function"):
         load_dataset(f"{factory_module}:broken", tmp_path)
-    with pytest.raises(AnymaskError, match="unknown dataset 'nope'.*imagefolder, or package.module:function"):
+    with pytest.raises(AnymaskError, match=r"unknown dataset 'nope'.*or package\.module:function"):
         load_dataset("nope", tmp_path)
 
 
