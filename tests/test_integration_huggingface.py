@@ -14,6 +14,7 @@ from anymask.errors import AnymaskError
 from integration_helpers import SETTINGS, assert_plain_with_the_mask, images
 
 transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
 
 
 class Pixels(Dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -254,3 +255,44 @@ def test_synflow_reads_the_input_shape_from_the_first_batch() -> None:
     assert all(torch.equal(from_loader[name], given[name]) for name in given)
     with pytest.raises(AnymaskError, match="batches given as data are empty"):
         make_mask(model, MaskConfig(mask_method="snip", sparsity=0.9), data=[])
+
+
+def test_the_command_line_trains_an_image_folder(tmp_path: Path) -> None:
+    from cli_helpers import anymask
+
+    write_folder(tmp_path / "images", per_class=8, size=12, splits=("train",))
+    result = anymask(
+        "train",
+        "--model",
+        "cnn",
+        "--width",
+        "0.5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        str(tmp_path / "images"),
+        "--image-size",
+        "8",
+        "--val-split",
+        "6",
+        "--data-mean",
+        "0.5,0.5,0.5",
+        "--data-std",
+        "0.25,0.25,0.25",
+        "--data-workers",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert (config["image_size"], config["data_mean"], config["data_workers"]) == (8, [0.5] * 3, 1)
+    bad = anymask(
+        "train", "--data", "imagefolder", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "x")
+    )
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "train/<class>" in bad.stderr
