@@ -128,8 +128,11 @@ class SparseTraining:
         device = _device_of(model)
         self.recipe.check_fits(self._recipe_context(model, None, device, resuming))
         mask = self._resumed_mask(model) if resuming else self._build_mask(model, device)
+        initial = {name: model.get_parameter(name).detach().clone() for name in mask}  # ghost weights' start
         mask.apply(model)
-        self.recipe.prepare(self._recipe_context(model, mask, device, resuming))
+        context = self._recipe_context(model, mask, device, resuming)
+        context.initial_weights = initial
+        self.recipe.prepare(context)
         ghosts = self.recipe.parameters()
         if ghosts and self.ghost_group:
             optimizer.add_param_group({"params": ghosts, "ghost": True})
@@ -138,11 +141,12 @@ class SparseTraining:
         _sync_from_rank_zero(model, self.recipe.modules())  # under DDP: GradInit saw each rank's batches
         if self.optimizer_hooks:  # registered before the enforcer's: runs first, on the dense gradient
             self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step()))
-            self.enforcer = MaskEnforcer(model, mask, optimizer)
+            self.enforcer = MaskEnforcer(model, self.recipe.enforced_mask(mask), optimizer)
         else:
-            self.enforcer = MaskEnforcer(model, mask)
+            self.enforcer = MaskEnforcer(model, self.recipe.enforced_mask(mask))
             enforcer = self.enforcer
             self._handles.append(optimizer.register_step_post_hook(lambda *_: enforcer.zero_weights()))
+        self.recipe.bind(optimizer, self.enforcer)  # parts that change what is enforced (ghost weights)
         self.model, self.optimizer, self.mask = model, optimizer, mask
         context = ExtensionContext(
             self.config,
@@ -280,6 +284,7 @@ class SparseTraining:
             "mask_total": self.mask.total(),
             "mask_density": self.mask.density(),
             **self.recipe.architecture(),
+            **self.recipe.summary(),
         }
         for extension in self.extensions:
             summary.update(extension.summary())
@@ -324,14 +329,17 @@ class SparseTraining:
     def _load(self, state: dict[str, Any]) -> None:
         assert self.mask is not None and self.enforcer is not None
         self.step_count = int(state["step"])
+        changed = any(not torch.equal(saved, self.mask[name].cpu()) for name, saved in state["mask"].items())
         for name, saved in state["mask"].items():
             self.mask[name] = saved.to(self.mask[name].device)
-        self.enforcer.set_mask(self.mask)
+        if changed:  # loaded after prepare made another mask (SNIP on shuffled batches, say)
+            self.enforcer.set_mask(self.recipe.enforced_mask(self.mask))
         self.recipe.load_state_dict(state["recipe"])
         for extension in self.extensions:
             if extension.name not in state["extensions"]:
                 raise AnymaskError(f"the saved state holds no '{extension.name}' state to resume from")
             extension.load_state_dict(state["extensions"][extension.name])
+        self.enforcer.zero_weights()
 
     def _require_prepared(self, call: str) -> None:
         if self.model is None:
