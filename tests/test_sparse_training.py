@@ -228,3 +228,12 @@ def test_a_ready_mask_or_a_mask_file(tmp_path: Path) -> None:
         st = anymask.SparseTraining(mask=given)
         st.prepare(copy, torch.optim.SGD(copy.parameters(), lr=0.1))
         assert all(torch.equal(st.mask[name], mask[name]) for name in mask)
+
+
+def test_a_missing_extra_is_one_line_naming_it() -> None:
+    from anymask.integrations import require
+
+    with pytest.raises(
+        AnymaskError, match=r"needs no_such_trainer_xyz, .*pip install 'anymask\[lightning\]'"
+    ):
+        require("no_such_trainer_xyz", "lightning")
