@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Evidence for prune-and-tune ensembles (docs/ensembles.md), from the repository root:
-#   bash configs/ensembles_cifar10_resnet20.sh
+#   bash configs/ensembles/ensembles_cifar10_resnet20.sh
 # Every step is resumable: run it again after an interruption and it finishes what is missing.
 # WORKERS (default 2) children train at a time. The parents are the dense teachers of
 # configs/teachers_cifar10_resnet20.toml (seeds 0-2), plus seed 3 trained here with the same settings.
 set -euo pipefail
 WORKERS=${WORKERS:-2}
-PARENT_CONFIG=configs/ensemble_parent_cifar10_resnet20.toml
+PARENT_CONFIG=configs/ensembles/ensemble_parent_cifar10_resnet20.toml
 TEACHERS=runs/teachers_cifar10_resnet20
 TEACHERS_KEPT=docs/results/teachers/runs
 OUT=runs/ensembles_cifar10_resnet20
@@ -42,9 +42,9 @@ done
 
 # 2. prune-and-tune: 6 anti-random children of each of parents 0-2, then 6 random-50% children
 for seed in 0 1 2; do
-  anymask ensemble "$(parent "$seed")" --config configs/ensembles_cifar10_resnet20.toml \
+  anymask ensemble "$(parent "$seed")" --config configs/ensembles/ensembles_cifar10_resnet20.toml \
     --workers "$WORKERS" --out "$OUT/anti-random/parent-$seed"
-  anymask ensemble "$(parent "$seed")" --config configs/ensembles_cifar10_resnet20.toml \
+  anymask ensemble "$(parent "$seed")" --config configs/ensembles/ensembles_cifar10_resnet20.toml \
     --pruning random --sparsity 0.5 --workers "$WORKERS" --out "$OUT/random-50/parent-$seed"
 done
 
