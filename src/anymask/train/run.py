@@ -27,11 +27,10 @@ from anymask.config import MODEL_REVISIONS, RunConfig, load_run_config, save_con
 from anymask.data import TrainingData, check_data_name, data_options, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
-from anymask.flops import counting_macs, forward_macs, step_macs
+from anymask.flops import counting_macs, step_macs
 from anymask.io import atomic_write_text, check_output_folder
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.masks.config import BN_MODES
-from anymask.masks.connectivity import connectivity
 from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
@@ -40,6 +39,7 @@ from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, load_weights, 
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
 from anymask.train.lock import run_folder_lock
 from anymask.train.lr import SCHEDULES
+from anymask.train.summary import connectivity_summary, nonzero_count, summarize, training_cost
 from anymask.train.trainer import Trainer
 
 CONFIG, MASK, METRICS, MODEL, SUMMARY = (
@@ -489,64 +489,3 @@ class _Run:
             (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
         barrier(self.world)
         return RunResult(self.out_dir, summary)
-
-
-def training_cost(
-    trainer: Trainer, plain: nn.Module, mask: Mask, input_shape: tuple[int, ...]
-) -> dict[str, Any]:
-    """This run's training FLOPs and those of the default protocol on the same mask (train/cost.py)."""
-    from anymask.models.calling import ModelCall
-
-    mask.apply(plain)
-    example = torch.zeros((1, *input_shape), device=next(plain.parameters()).device)
-    default = forward_macs(plain, example, ModelCall.of(plain, trainer.call.output_fn))
-    return trainer.cost.summary(default)
-
-
-def nonzero_count(model: nn.Module, mask: Mask) -> int:
-    """Nonzero prunable weights: never more than the mask keeps."""
-    return sum(int(model.get_parameter(name).count_nonzero()) for name in mask)
-
-
-def connectivity_summary(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Effective density and reachable classes of the run's mask, for summary.json (and `report`)."""
-    try:
-        return connectivity(model, mask, input_shape).summary()
-    except Exception:  # a model that cannot be traced on one image: the summary just lacks these keys
-        return {}
-
-
-def summarize(
-    config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module
-) -> dict[str, Any]:
-    last = history[-1]
-    # A model evaluated with ghost parts inside is not the architecture that ships: never pick it as best.
-    final_model = [r for r in history if not r.get("ghost_phase")] or history
-    best_test = max(final_model, key=lambda r: r["test_acc"])
-    summary: dict[str, Any] = {
-        "model": config.model.model,
-        "data": config.data.data,
-        "mask_method": "file" if config.mask.mask_file else config.mask.mask_method,
-        "sparsity": config.mask.sparsity,
-        "recipe": config.recipe.recipe,
-        "seed": config.train.seed,
-        "epochs": config.train.epochs,
-        "final_test_acc": last["test_acc"],
-        "best_test_acc": best_test["test_acc"],
-        "best_test_epoch": best_test["epoch"],
-        "mask_kept": mask.kept(),
-        "mask_total": mask.total(),
-        "mask_density": mask.density(),
-        "nonzero_weights": nonzero_count(model, mask),
-        "train_seconds": sum(r["seconds"] for r in history),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "config_hash": config.hash(),
-    }
-    if "val_acc" in last:
-        best_val = max(final_model, key=lambda r: r["val_acc"])
-        summary.update(
-            best_val_acc=best_val["val_acc"],
-            test_acc_at_best_val=best_val["test_acc"],
-            best_val_epoch=best_val["epoch"],
-        )
-    return summary
