@@ -1,76 +1,104 @@
-"""Sparse CPU inference against dense PyTorch eager, both with BatchNorm folded into the convolutions.
+"""Sparse CPU inference against the dense baselines a deployer would use: PyTorch and onnxruntime.
 
-For every model x sparsity x batch size x thread count: a registry model with an ERK mask (random
-weights and BatchNorm statistics: speed does not depend on the values), turned into
+For every model x sparsity x batch size: a registry model with an ERK mask (random weights, non-trivial
+BatchNorm statistics: speed does not depend on the values), run three ways on the same real CIFAR-10
+images, in one process, interleaved (_common.py):
 
-- dense:  `sparse_inference_model(model, mask, kernel="dense")`: the folded, ReLU-fused graph run by
-  PyTorch's own convolutions (oneDNN), i.e. dense eager with BatchNorm folded;
-- sparse: `sparse_inference_model(model, mask)`: the same graph with each layer on the kernel that
-  `auto` chose for it (timed on the first batch of each size; the warm-up rounds do that, and numba's
-  compilation, before any timing);
-- any kernels named with --kernels, forced on every layer (the candidates of docs/performance.md).
+- dense:        `sparse_inference_model(model, mask, kernel="dense")`, PyTorch eager with BatchNorm
+                folded into the convolutions (oneDNN), i.e. the fair dense PyTorch baseline;
+- onnxruntime:  the plain model exported with `anymask.deploy.onnx_export` (what `anymask export
+                --format onnx` writes), run by onnxruntime's default CPU provider, dense, with
+                intra_op_num_threads = the thread count;
+- sparse:       `sparse_inference_model(model, mask)` (`auto`: the whole-network numba program or the
+                dense graph, whichever it timed faster on the first batch; the warm-up does that).
 
-Cases are timed interleaved on the same input (_common.py); images/s = batch / median seconds, and the
-speedup is the median of per-round dense/sparse ratios. Rows where sparse is slower say so. The last
-line is `speedup <ratio>` for ResNet-20, batch 64, 98% sparsity, two threads.
+No environment variable is needed or set by this script: it prints the OMP_/MKL_/NUMBA_ variables it
+finds in its header ("none" on a plain shell). Times are medians of the rounds; the speedups are
+medians of per-round ratios. The last four lines are ResNet-20, ERK 98%, 2 threads:
+`speedup` (batch 64, over dense PyTorch), `speedup_batch1`, `speedup_vs_onnxruntime` (batch 64) and
+`speedup_batch1_vs_onnxruntime`.
 
-    python benchmarks/sparse_inference.py                 # ResNet-20 rows (under 5 minutes, 2 cores)
-    python benchmarks/sparse_inference.py --all           # ResNet-20, ResNet-32 and VGG-16
-    python benchmarks/sparse_inference.py --kernels numba,torch-csr,scipy-csr --sparsities 0.98 --threads 1
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/sparse_inference.py   # on a CPU shared with other jobs
-    python benchmarks/sparse_inference.py --clock cpu     # CPU seconds of this process (busy machine)
+    python benchmarks/sparse_inference.py --quick     # the goal's rows: ResNet-20, VGG-16, MobileNetV2 at 98%
+    python benchmarks/sparse_inference.py --plot docs/img   # every model, 90-99%, batch 1 and 64, + plots
+    python benchmarks/sparse_inference.py --models resnet20 --sparsities 0.98 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from _common import Summary, cifar_or_synthetic, interleaved, machine, paired_ratio
 from torch import nn
 
 from anymask.deploy import ModelSpec, set_num_threads, sparse_inference_model
-from anymask.masks import Mask, MaskConfig, make_mask
+from anymask.deploy.onnx_export import export_onnx_model
+from anymask.masks import MaskConfig, make_mask
 
-HEADLINE = ("resnet20", 0.98, 64, 2)  # model, sparsity, batch, threads of the last line
+MODELS = ("resnet20", "resnet32", "vgg16", "mobilenetv2")
+QUICK_MODELS = ("resnet20", "vgg16", "mobilenetv2")
+HEADLINE = ("resnet20", 0.98, 2)  # model, sparsity, threads of the last four lines
+PLOT_LABELS = {
+    "dense": "dense PyTorch (BN folded)",
+    "onnxruntime": "onnxruntime (dense)",
+    "sparse": "anymask SparseInference",
+}
+LABELS = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "vgg16": "VGG-16", "mobilenetv2": "MobileNetV2"}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--all", action="store_true", help="the whole table: resnet20, resnet32, vgg16")
-    parser.add_argument("--models", default=None, help="comma list (default: resnet20, or all with --all)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="ResNet-20, VGG-16, MobileNetV2 at 98%%, batch 1 and 64, 2 threads",
+    )
+    parser.add_argument("--models", default=",".join(MODELS), help="comma list (default: %(default)s)")
     parser.add_argument(
         "--sparsities", default="0.9,0.95,0.98,0.99", help="comma list (default: %(default)s)"
     )
     parser.add_argument("--batches", default="1,64", help="comma list (default: %(default)s)")
-    parser.add_argument("--threads", default="1,2", help="comma list (default: %(default)s)")
+    parser.add_argument("--threads", default="2", help="comma list (default: %(default)s)")
     parser.add_argument("--mask-method", default="erk", help="mask method (default: %(default)s)")
-    parser.add_argument("--kernels", default="", help="also time these kernels forced on every layer")
-    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per row (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall time, or this process's CPU time (steadier when other jobs share the cores; it "
-        "also counts threads that spin while waiting)",
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="timing budget per row after warm-up (default: %(default)s)",
     )
-    return parser.parse_args()
+    parser.add_argument("--plot", default=None, help="folder for one latency-vs-sparsity plot per model")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.sparsities, args.batches, args.threads = ",".join(QUICK_MODELS), "0.98", "1,64", "2"
+        args.seconds = min(args.seconds, 2.0)
+    return args
 
 
-def masked_model(name: str, sparsity: float, method: str) -> tuple[nn.Module, Mask]:
+def masked_model(name: str, sparsity: float, method: str) -> nn.Module:
     torch.manual_seed(0)
     model = ModelSpec(name, 1.0, 10, (3, 32, 32)).build()
-    mask = make_mask(model, MaskConfig(mask_method=method, sparsity=sparsity))
-    mask.apply(model)
+    make_mask(model, MaskConfig(mask_method=method, sparsity=sparsity)).apply(model)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    return model.eval(), mask
+    return model.eval()
+
+
+def onnx_session(model: nn.Module, threads: int, folder: Path) -> object:
+    import onnxruntime
+
+    path = folder / "model.onnx"
+    export_onnx_model(model, (3, 32, 32), path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -79,16 +107,18 @@ class Row:
     sparsity: float
     batch: int
     threads: int
-    medians: dict[str, float]  # case -> seconds per batch
-    speedup: Summary  # dense / sparse, per round
-    sparse_layers: str
+    ms: dict[str, float]  # case -> median milliseconds per batch
+    vs_dense: Summary
+    vs_onnx: Summary
+    engine: str
 
-    def cells(self, cases: list[str]) -> str:
-        rates = " | ".join(f"{self.batch / self.medians[c]:,.0f}" for c in cases)
-        verdict = "" if self.speedup.median >= 1 else " (sparse slower: use dense)"
+    def cells(self) -> str:
+        times = " | ".join(f"{self.ms[c]:,.2f}" for c in ("dense", "onnxruntime", "sparse"))
+        slower = " (slower than onnxruntime)" if self.vs_onnx.median < 1 else ""
         return (
-            f"| {self.model} | {self.sparsity:.0%} | {self.batch} | {self.threads} | {rates} | "
-            f"**{self.speedup.median:.2f}x**{verdict} | {self.sparse_layers} |"
+            f"| {LABELS.get(self.model, self.model)} | {self.sparsity:.0%} | {self.batch} | {self.threads} | "
+            f"{times} | {self.vs_dense.median:.2f}x | **{self.vs_onnx.median:.2f}x**{slower} | "
+            f"{self.engine} |"
         )
 
 
@@ -96,58 +126,105 @@ def measure(
     name: str, sparsity: float, batch: int, threads: int, images: torch.Tensor, args: argparse.Namespace
 ) -> Row:
     set_num_threads(threads)
-    model, mask = masked_model(name, sparsity, args.mask_method)
+    model = masked_model(name, sparsity, args.mask_method)
     x = images.repeat(-(-batch // len(images)), 1, 1, 1)[:batch].contiguous()
-    modules = {"dense": sparse_inference_model(model, mask, kernel="dense")}
-    modules["sparse"] = sparse_inference_model(model, mask)
-    for kernel in filter(None, args.kernels.split(",")):
-        modules[kernel] = sparse_inference_model(model, mask, kernel=kernel)
-    modules["sparse"](x)  # auto-tunes every layer for this batch size, outside the timing
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    cases = {case: (lambda m=module: m(x)) for case, module in modules.items()}
-    times = interleaved(cases, args.rounds, args.warmup, torch.device("cpu"), clock=clock)
-    plan = modules["sparse"].plan(batch)
-    on_sparse = sum(kernel != "dense" for kernel in plan.values())
+    dense = sparse_inference_model(model, kernel="dense")
+    sparse = sparse_inference_model(model)
+    with tempfile.TemporaryDirectory() as folder:
+        session = onnx_session(model, threads, Path(folder))
+    feed = {"images": x.numpy()}
+    expected = dense(x)
+    if (sparse(x) - expected).abs().max().item() > 1e-3:  # also: auto chooses here, outside the timing
+        raise SystemExit(f"{name} {sparsity} batch {batch}: sparse output differs from dense")
+    cases = {
+        "dense": lambda: dense(x),
+        "onnxruntime": lambda: session.run(None, feed),  # type: ignore[attr-defined]
+        "sparse": lambda: sparse(x),
+    }
+    begin = time.perf_counter()
+    for run in cases.values():
+        run()
+    one_round = time.perf_counter() - begin
+    rounds = max(6, min(300, int(args.seconds / max(one_round, 1e-6))) // 6 * 6)
+    times = interleaved(cases, rounds, 2, torch.device("cpu"))
+    choice = sparse.choices[tuple(x.shape)]
+    engine = f"program, chunks of {choice.chunk}" if choice.engine == "numba" else "dense layers"
     return Row(
         name,
         sparsity,
         batch,
         threads,
-        {case: Summary.of(t).median for case, t in times.items()},
+        {case: Summary.of(t).median * 1e3 for case, t in times.items()},
         paired_ratio(times["dense"], times["sparse"]),
-        f"{on_sparse}/{len(plan)}",
+        paired_ratio(times["onnxruntime"], times["sparse"]),
+        engine,
     )
+
+
+def environment() -> str:
+    found = [f"{k}={v}" for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "NUMBA_", "KMP_"))]
+    return ", ".join(found) if found else "none"
+
+
+def plot(rows: list[Row], folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for model in dict.fromkeys(r.model for r in rows):
+        batches = sorted({r.batch for r in rows if r.model == model})
+        figure, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.6), squeeze=False)
+        for axis, batch in zip(axes[0], batches, strict=True):
+            mine = sorted(
+                (r for r in rows if r.model == model and r.batch == batch), key=lambda r: r.sparsity
+            )
+            for case, style in (("dense", "s--"), ("onnxruntime", "o--"), ("sparse", "D-")):
+                label = PLOT_LABELS[case]
+                axis.plot([r.sparsity * 100 for r in mine], [r.ms[case] for r in mine], style, label=label)
+            axis.set(xlabel="sparsity (%), ERK", ylabel="ms per batch", yscale="log")
+            axis.set_title(f"{LABELS.get(model, model)}, batch {batch}, {mine[0].threads} threads")
+            axis.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(folder / f"inference_latency_{model}.png", dpi=110)
+        plt.close(figure)
 
 
 def main() -> None:
     args = parse_args()
-    models = (
-        args.models.split(",")
-        if args.models
-        else (["resnet20", "resnet32", "vgg16"] if args.all else ["resnet20"])
-    )
     data, source = cifar_or_synthetic()
-    images = ((data.test_x[:64].float() / 255) - torch.tensor(data.mean).view(1, -1, 1, 1)) / torch.tensor(
-        data.std
-    ).view(1, -1, 1, 1)
-    cases = ["dense", "sparse", *filter(None, args.kernels.split(","))]
-    print(f"# {machine(torch.device('cpu'))}; {args.clock} clock; images: {source}")
-    print(f"# {args.mask_method} masks, {args.rounds} rounds after {args.warmup} warm-up; images/s per case")
+    mean, std = torch.tensor(data.mean).view(1, -1, 1, 1), torch.tensor(data.std).view(1, -1, 1, 1)
+    images = (data.test_x[:64].float() / 255 - mean) / std
+    import onnxruntime
+
+    print(f"# {machine(torch.device('cpu'))}; onnxruntime {onnxruntime.__version__}; images: {source}")
+    print(f"# environment variables (OMP_, MKL_, NUMBA_, KMP_): {environment()}")
+    print(f"# {args.mask_method} masks; ms per batch (medians, interleaved rounds); speedups: paired medians")
     print(
-        f"| model | sparsity | batch | threads | {' | '.join(cases)} | speedup | layers on sparse kernels |"
+        "| model | sparsity | batch | threads | dense PyTorch ms | onnxruntime ms | anymask ms | vs dense "
+        "| vs onnxruntime | anymask ran |"
     )
-    print("|---" * (6 + len(cases)) + "|")
-    headline = None
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows: list[Row] = []
     for threads in (int(t) for t in args.threads.split(",")):
-        for name in models:
+        for name in args.models.split(","):
             for sparsity in (float(s) for s in args.sparsities.split(",")):
                 for batch in (int(b) for b in args.batches.split(",")):
-                    row = measure(name, sparsity, batch, threads, images, args)
-                    print(row.cells(cases), flush=True)
-                    if (name, sparsity, batch, threads) == HEADLINE:
-                        headline = row.speedup.median
-    if headline is not None:
-        print(f"speedup {headline:.2f}")
+                    rows.append(measure(name, sparsity, batch, threads, images, args))
+                    print(rows[-1].cells(), flush=True)
+    if args.plot:
+        plot(rows, Path(args.plot))
+    headline = {r.batch: r for r in rows if (r.model, r.sparsity, r.threads) == HEADLINE}
+    if 64 in headline:
+        print(f"speedup {headline[64].vs_dense.median:.2f}")
+    if 1 in headline:
+        print(f"speedup_batch1 {headline[1].vs_dense.median:.2f}")
+    if 64 in headline:
+        print(f"speedup_vs_onnxruntime {headline[64].vs_onnx.median:.2f}")
+    if 1 in headline:
+        print(f"speedup_batch1_vs_onnxruntime {headline[1].vs_onnx.median:.2f}")
 
 
 if __name__ == "__main__":

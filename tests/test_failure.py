@@ -72,7 +72,7 @@ def interrupted_folder(folder: Path, config: RunConfig, checkpoint: bytes) -> No
 def test_planted_checkpoint_runs_no_code_on_resume_nor_in_a_sweep(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from anymask.experiments.sweep import _train as sweep_worker_train
+    from anymask.experiments.engines import train_run as sweep_worker_train
 
     config = quick_config(epochs=1, train_subset=64)
     canary = tmp_path / "canary"
@@ -287,7 +287,7 @@ def test_an_output_place_that_cannot_be_written_is_one_line(
 def test_sweep_workers_show_warnings_as_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from anymask.experiments import sweep
+    from anymask.experiments.engines import local as sweep
 
     monkeypatch.setattr(sweep.signal, "signal", lambda *_: None)
     monkeypatch.setattr(sweep, "_exit_with_parent", lambda: None)

@@ -170,8 +170,8 @@ def test_training_evaluation_and_gradinit_match_the_plain_model(digits: object) 
         trainer = Trainer(model, digits, config, recipe=recipe)
         stats = trainer.train_epoch(0)
         with trainer.recalibrated_norms(0, 2):
-            recalibrated = trainer.evaluate(digits.test_x, digits.test_y)
-        results.append((stats.loss, trainer.evaluate(digits.test_x, digits.test_y), recalibrated))
+            recalibrated = trainer.evaluate("test")
+        results.append((stats.loss, trainer.evaluate("test"), recalibrated))
         results.append(as_plain(model.state_dict()))
     plain_numbers, plain_state, wrapped_numbers, wrapped_state = results
     assert plain_numbers == wrapped_numbers

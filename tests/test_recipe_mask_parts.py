@@ -190,7 +190,7 @@ def test_relative_squeeze_ignores_each_units_scale(scale: float, seed: int) -> N
     assert torch.allclose(outside_share(weight, outside), expected)
 
 
-@pytest.mark.parametrize("form", ["relative", "absolute"])
+@pytest.mark.parametrize("form", ["fade", "relative", "absolute"])
 def test_ghost_weights_live_then_are_cut_with_their_momentum(form: str) -> None:
     data = synthetic_data()
     model, mask = masked_model(FOLD_MODELS["resnet20"])
@@ -199,8 +199,12 @@ def test_ghost_weights_live_then_are_cut_with_their_momentum(form: str) -> None:
     alive = sum(int(model.get_parameter(n)[o].count_nonzero()) for n, o in outside.items())
     assert alive > 0.9 * sum(int(o.sum()) for o in outside.values())  # they start from their init
     optimizer = train_steps(model, recipe, mask, data, steps=3)
-    penalty = recipe.parts[0].penalty()
-    assert penalty is not None and float(penalty.detach()) > 0
+    part = recipe.parts[0]
+    if form == "fade":  # no penalty: the weights outside the mask carry a factor fading to 0
+        assert part.penalty() is None and 0 < part.level < 1
+    else:
+        penalty = part.penalty()
+        assert penalty is not None and float(penalty.detach()) > 0
     assert any(model.get_parameter(n)[o].abs().sum() > 0 for n, o in outside.items())
     recipe.update(float(EPOCHS))  # past the ghost end: the cut
     for name, pruned in outside.items():
@@ -365,3 +369,19 @@ def test_resume_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, re
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
     assert resumed.summary["train_flops"] == reference.summary["train_flops"]
     create_model("cnn", 10, (1, 8, 8)).load_state_dict(actual, strict=True)
+
+
+def test_fade_scales_the_weights_outside_the_mask_to_the_schedule_and_to_zero_at_its_end() -> None:
+    data = synthetic_data()
+    model, mask = masked_model(FOLD_MODELS["resnet20"])
+    recipe = install(model, mask, "gw", data, gw_form="fade", ghost_epochs=4, ghost_schedule="linear")
+    name = next(iter(mask))
+    outside, kept = ~mask[name], mask[name]
+    start = model.get_parameter(name).detach().clone()
+    recipe.update(1.0)  # a quarter of the phase: three quarters left
+    weight = model.get_parameter(name)
+    assert torch.allclose(weight[outside], 0.75 * start[outside]) and torch.equal(weight[kept], start[kept])
+    recipe.update(3.0)
+    assert torch.allclose(weight[outside], 0.25 * start[outside])
+    recipe.update(4.0)
+    assert torch.all(weight[outside] == 0) and torch.equal(weight[kept], start[kept])

@@ -11,66 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from anymask.config import RunConfig, save_config
 from anymask.errors import AnymaskError
-from anymask.experiments.plots import accuracy_vs_sparsity, gain_by_epoch, gain_vs_sparsity, variant_gains
 from anymask.experiments.report import (
     build_tables,
     collapse_note,
     collect_runs,
     markdown_table,
     paired_gain,
+    table_markdown,
     write_report,
 )
+from anymask.experiments.report.figures import accuracy_vs_sparsity
+from anymask.experiments.report.gain_figures import gain_by_epoch, gain_vs_sparsity, variant_gains
+from anymask.experiments.report.markdown import gain_cell
 from anymask.masks import Mask
-
-
-def write_records(folder: Path, records: list[dict[str, object]]) -> None:
-    """The run's per-epoch records, one JSON object a line, as the trainer writes metrics.jsonl."""
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def make_run(
-    root: Path,
-    mask: str,
-    sparsity: float,
-    recipe: str,
-    seed: int,
-    final: float,
-    best: float,
-    **settings: object,
-) -> Path:
-    """A finished run folder as anymask.train.run leaves it (no weights: the report never reads them)."""
-    config = RunConfig.from_flat(
-        {"mask_method": mask, "sparsity": sparsity, "recipe": recipe, "seed": seed, "epochs": 3, **settings}
-    )
-    folder = root / config.hash()
-    folder.mkdir(parents=True)
-    save_config(config, folder / "config.json")
-    curve = [final / 2, best, final]
-    records = [{"epoch": e + 1, "test_acc": acc, "seconds": 1.0} for e, acc in enumerate(curve)]
-    write_records(folder, records)
-    summary = {
-        "model": "cnn",
-        "data": "digits",
-        "mask_method": mask,
-        "sparsity": sparsity,
-        "recipe": recipe,
-        "seed": seed,
-        "epochs": 3,
-        "final_test_acc": final,
-        "best_test_acc": best,
-        "best_test_epoch": 2,
-        "mask_kept": 10,
-        "mask_total": 100,
-        "mask_density": 1 - sparsity,
-        "nonzero_weights": 10,
-        "train_seconds": 3.0 + seed,
-        "config_hash": config.hash(),
-    }
-    (folder / "summary.json").write_text(json.dumps(summary))
-    return folder
-
+from report_runs import make_run, write_records
 
 DEFAULT = {0: (0.80, 0.82), 1: (0.84, 0.85), 2: (0.82, 0.86)}
 TOST = {0: (0.85, 0.86), 1: (0.86, 0.88)}  # seed 2 missing: the gain pairs seeds 0 and 1 only
@@ -199,13 +154,15 @@ def test_other_varying_settings_split_tables(tmp_path: Path) -> None:
         ["2: lr=0.2", "65.00 (1)", "69.00 (1)"],
     ]
     assert "A variant is named by its lr (no value is the most common)." in markdown
-    # one recipe: no gain to plot, and the variants' learning curves would repeat the sections' numbers
+    # one recipe: no gain to plot; each variant keeps its accuracy plot and learning curves
     assert files == {
         "report.md",
         "results.csv",
         "timings.csv",
         "accuracy_vs_sparsity_cnn_digits_variant1.png",
         "accuracy_vs_sparsity_cnn_digits_variant2.png",
+        "learning_curves_cnn_digits_variant1.png",
+        "learning_curves_cnn_digits_variant2.png",
     }
 
 
@@ -251,8 +208,10 @@ def test_variants_read_as_one_table(variant_runs: Path, tmp_path: Path) -> None:
     ]
     assert "value most variants have (ghost_epochs=1.0, ls_alpha=0.1)." in markdown
     assert "## cnn on digits (variant 3: ls_alpha=0.05)" in markdown
-    # one mask and sparsity: the variants plot, and no single-point plot per variant
-    assert files == {"report.md", "results.csv", "timings.csv", "variants_gain_cnn_digits.png"}
+    # one mask and sparsity: the variants plot and each variant's learning curves, no single-point plot
+    curves = {f"learning_curves_cnn_digits_variant{n}.png" for n in (1, 2, 3)}
+    assert files == {"report.md", "results.csv", "timings.csv", "variants_gain_cnn_digits.png", *curves}
+    assert "![learning_curves_cnn_digits_variant3](learning_curves_cnn_digits_variant3.png)" in markdown
     assert "![variants_gain_cnn_digits](variants_gain_cnn_digits.png)" in markdown
     # results.csv names each row's settings in full: the variants table can be rebuilt from it
     rows = read_csv(tmp_path / "report" / "results.csv")
@@ -298,11 +257,11 @@ def test_gain_plot_titles_say_an_interval_only_where_one_is_drawn(tmp_path: Path
         make_run(root, mask, 0.9, "default", 0, 0.80, 0.80)
         folders[mask] = make_run(root, mask, 0.9, "tost", 0, tost, tost)
     (table,) = build_tables(collect_runs([root]))
-    assert "(95% confidence interval)" in gain_vs_sparsity(table).get_suptitle().replace("\n", " ")
+    assert "(2 pairs per point; bars: 95% CI)" in gain_vs_sparsity(table).get_suptitle().replace("\n", " ")
     shutil.rmtree(folders["erk"])
     (table,) = build_tables(collect_runs([root]))
     title = gain_vs_sparsity(table).get_suptitle().replace("\n", " ")
-    assert "(one pair each: no interval)" in title and "95%" not in title
+    assert "(1 pair per point: no interval)" in title and "95%" not in title
 
 
 def test_gain_by_epoch_pools_paired_curves_and_marks_the_ghosts_removal(tmp_path: Path) -> None:
@@ -637,3 +596,66 @@ def test_metric_train_pairs_final_training_accuracies_with_their_interval(tmp_pa
         assert hidden not in markdown
     rows = read_csv(tmp_path / "report" / "results.csv")
     assert float(rows[1]["final_train_acc_mean"]) == pytest.approx(0.63)
+
+
+def test_three_seed_dst_table_gives_mean_sd_and_paired_intervals_against_the_static_mask(
+    tmp_path: Path,
+) -> None:
+    """The DST table's shape (one mask, static vs SET per protocol) with three seeds: every cell is mean
+    ± sd over three seeds, and each evolving arm's gain over its static arm is paired on seed with a 95%
+    interval, per cell and pooled."""
+    root = tmp_path / "runs"
+    finals = {
+        "default": (0.60, 0.62, 0.61),
+        "default+set": (0.62, 0.63, 0.61),
+        "tost": (0.61, 0.62, 0.63),
+        "tost+set": (0.63, 0.62, 0.66),
+    }
+    for arm, values in finals.items():
+        recipe, _, dst = arm.partition("+")
+        for seed, final in enumerate(values):
+            make_run(root, "erk", 0.98, recipe, seed, final, final, **({"dst": dst} if dst else {}))
+    (table,) = build_tables(collect_runs([root]))
+    cells = dict(zip(*tables_cells(table_markdown(table))[0][0::2], strict=True))
+
+    def gain(arm: str, reference: str) -> str:
+        differences = [a - b for a, b in zip(finals[arm], finals[reference], strict=True)]
+        mean, half = statistics.fmean(differences), 4.302653 * statistics.stdev(differences) / 3**0.5
+        return f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] (3)"
+
+    sd = 100 * statistics.stdev(finals["default+set"])
+    assert cells["default+set final"] == f"{100 * statistics.fmean(finals['default+set']):.2f} ± {sd:.2f} (3)"
+    assert cells["default+set gain"] == gain("default+set", "default")
+    pooled = {
+        f"{arm} − {reference}": table.pooled_gain(arm, reference, 0.98, "final_test_acc")
+        for arm, reference in table.recipe_pairs
+    }
+    assert set(pooled) >= {"default+set − default", "tost+set − default", "tost+set − tost"}
+    assert gain_cell(pooled["tost+set − tost"]) == gain("tost+set", "tost")
+
+
+def test_cost_column_reads_each_runs_flops_against_default(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, (flops, seconds) in enumerate([(1.2, 30.0), (1.4, 50.0)]):
+        for recipe, ratio, time in [("default", 1.0, 20.0), ("kd", flops, seconds)]:
+            folder = make_run(root, "erk", 0.98, recipe, seed, 0.6, 0.61)
+            summary = json.loads((folder / "summary.json").read_text())
+            summary.update(train_flops_vs_default=ratio, train_seconds=time)
+            (folder / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "report"
+    write_report([root], out)
+    text = (out / "report.md").read_text()
+    assert "kd cost" in text and "default cost" not in text
+    assert "| 1.30x" in text.replace("  ", " ") or " 1.30x " in text
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    kd = next(row for row in rows if row["recipe"] == "kd")
+    assert float(kd["train_flops_vs_default_mean"]) == pytest.approx(1.3)
+
+
+def test_reports_of_runs_without_costs_have_no_cost_column(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for recipe in ("default", "tost"):
+        make_run(root, "erk", 0.98, recipe, 0, 0.6, 0.61)
+    write_report([root], tmp_path / "report")
+    assert "cost" not in (tmp_path / "report" / "report.md").read_text()
+    assert "train_flops" not in (tmp_path / "report" / "results.csv").read_text()

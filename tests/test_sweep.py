@@ -15,8 +15,9 @@ import pytest
 from anymask.cli import main
 from anymask.config import RunConfig
 from anymask.errors import AnymaskError
+from anymask.experiments.engines import run_config as worker_config
 from anymask.experiments.report import write_report
-from anymask.experiments.sweep import PlannedRun, load_sweep, run_sweep, worker_config
+from anymask.experiments.sweep import PlannedRun, load_sweep, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 # Small real runs: 600 digits images, 3 epochs of 10 steps. threads is pinned because a different

@@ -7,6 +7,7 @@ Every run setting of `anymask.config` is a flag (`sparsity` -> `--sparsity`, `ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import typing
@@ -68,6 +69,22 @@ def add_config_flags(
             group.add_argument(
                 flag_name(key), dest=key, default=argparse.SUPPRESS, metavar=metavar, help=help_text
             )
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `EngineSettings` field (`--engine`, `--workers`, `--address`...); unset flags stay
+    None so the sweep file's [engine] table keeps its values."""
+    from anymask.config import documented_fields
+    from anymask.experiments.engines import ENGINES, EngineSettings
+
+    group = parser.add_argument_group("engine: where the runs train (also an [engine] table of the file)")
+    helps = documented_fields(EngineSettings)
+    for f in dataclasses.fields(EngineSettings):
+        text = helps.get(f.name, "") + (f" (default: {f.default})" if f.default is not None else "")
+        choices = ENGINES.names() if f.name == "engine" else None
+        group.add_argument(
+            flag_name(f.name), dest=f.name, default=None, choices=choices, metavar=f.name.upper(), help=text
+        )
 
 
 def prune_settings() -> tuple[list[str], list[str]]:
@@ -166,11 +183,11 @@ def compare_command(args: argparse.Namespace) -> int:
 
 @command("sweep")
 def sweep_command(args: argparse.Namespace) -> int:
+    from anymask.experiments.engines import EngineSettings
     from anymask.experiments.sweep import run_sweep
 
-    run_sweep(
-        Path(args.sweep), out=Path(args.out) if args.out else None, workers=args.workers, dry_run=args.dry_run
-    )
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineSettings)}
+    run_sweep(Path(args.sweep), out=Path(args.out) if args.out else None, dry_run=args.dry_run, **settings)
     return 0
 
 
@@ -190,6 +207,15 @@ def report_command(args: argparse.Namespace) -> int:
 
 @command("export")
 def export_command(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from anymask.deploy.onnx_export import export_run_onnx
+
+        onnx = export_run_onnx(Path(args.run_dir), Path(args.out))
+        print(
+            f"saved {onnx.path}: {onnx.file_bytes:,} bytes of ONNX (the plain model, dense); onnxruntime's "
+            f"logits equal PyTorch's within {onnx.max_difference:.1e}"
+        )
+        return 0
     from anymask.deploy import export_run
 
     result = export_run(Path(args.run_dir), Path(args.out))
@@ -199,6 +225,160 @@ def export_command(args: argparse.Namespace) -> int:
         f"{result.compressed} compressed tensors"
     )
     return 0
+
+
+@command("ensemble")
+def ensemble_command(args: argparse.Namespace) -> int:
+    from anymask.config import flat_settings, parse_file
+    from anymask.ensembles.evaluate import evaluate_runs, summary_line
+    from anymask.ensembles.prune_and_tune import ensemble_settings, prune_and_tune
+
+    out = Path(args.out)
+    if args.members:
+        if args.parent:
+            raise AnymaskError("give a parent run or --members RUN RUN ..., not both")
+        record = evaluate_runs(
+            [Path(m) for m in args.members],
+            out,
+            data_dir=getattr(args, "data_dir", None),
+            device=getattr(args, "device", "auto"),
+        )
+        print(f"{summary_line(record)}; written to {out / 'ensemble.json'}")
+        return 0
+    if not args.parent:
+        raise AnymaskError("give the parent run folder (anymask ensemble PARENT_RUN --out OUT), or --members")
+    values: dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
+    if args.config:  # ensemble settings, and run settings for the children (flat or in sections)
+        path = Path(args.config)
+        table = parse_file(path) if path.is_file() else None
+        if not isinstance(table, dict):
+            raise AnymaskError(f"config file not found or not a table of settings: {path}")
+        values = {k: v for k, v in table.items() if k in ENSEMBLE_FLAGS}
+        rest = {k: v for k, v in table.items() if k not in ENSEMBLE_FLAGS}
+        overrides = flat_settings(rest, f"config file {path}")
+    values.update({k: vars(args)[k] for k in ENSEMBLE_FLAGS if k in vars(args)})
+    overrides.update({k: vars(args)[k] for k in field_types() if k not in ENSEMBLE_FLAGS and k in vars(args)})
+    workers = values.pop("workers", 1)
+    if not str(workers).isdigit():
+        raise AnymaskError(f"--workers expects a whole number, got {workers!r}")
+    data_dir = overrides.pop("data_dir", None)
+    record = prune_and_tune(
+        Path(args.parent),
+        out,
+        ensemble_settings(values),
+        overrides=overrides,
+        data_dir=data_dir,
+        workers=int(workers),
+    )
+    print(f"{summary_line(record)}; written to {out / 'ensemble.json'}")
+    return 0
+
+
+@command("ensemble-report")
+def ensemble_report_command(args: argparse.Namespace) -> int:
+    from anymask.ensembles.report import write_ensemble_report
+
+    path = write_ensemble_report([Path(d) for d in args.dirs], Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+# Flags of `anymask ensemble` that are the ensemble's own settings (EnsembleSettings and workers).
+ENSEMBLE_FLAGS = (
+    "children",
+    "pruning",
+    "sparsity",
+    "tune_epochs",
+    "tune_lr",
+    "tune_warmup",
+    "tune_start",
+    "recipe",
+    "include_parent",
+    "seed",
+    "workers",
+)
+
+
+def add_ensemble_parsers(sub: Any) -> None:
+    from anymask.ensembles.prune_and_tune import CHILD_OWNED, PARENT_ONLY
+
+    ensemble = sub.add_parser(
+        "ensemble",
+        help="prune-and-tune children of a finished run, or measure a set of runs (--members)",
+        description="Children of PARENT_RUN, each pruned its own way and tuned briefly as an ordinary run "
+        "in OUT/child-<i>, measured with the parent in OUT/ensemble.json (accuracy, NLL, ECE, cost). "
+        "With --members, a given set of finished runs (a deep ensemble) is measured instead.",
+    )
+    ensemble.add_argument("parent", nargs="?", help="finished run folder the children are made from")
+    ensemble.add_argument(
+        "--members", nargs="+", metavar="RUN", help="measure these finished runs as one ensemble"
+    )
+    ensemble.add_argument("--out", required=True, help="folder for the children and ensemble.json")
+    ensemble.add_argument(
+        "--config", help="TOML or YAML file of ensemble settings and children's run settings"
+    )
+    own = ensemble.add_argument_group("ensemble settings (also valid as keys in --config files)")
+    suppress = argparse.SUPPRESS
+    own.add_argument(
+        "--children", default=suppress, help="number of children (default: 6; even for anti-random)"
+    )
+    own.add_argument(
+        "--pruning",
+        default=suppress,
+        help="'anti-random' (pairs of exact complements, each keeping half of what the parent keeps) or a "
+        "mask method (random, magnitude, snip, synflow, erk...) at --sparsity, each child its own seed "
+        "(default: anti-random)",
+    )
+    own.add_argument("--sparsity", default=suppress, help="each child's sparsity under a mask method")
+    own.add_argument(
+        "--tune-epochs", dest="tune_epochs", default=suppress, help="tuning epochs per child (default: 4)"
+    )
+    own.add_argument(
+        "--tune-lr",
+        dest="tune_lr",
+        default=suppress,
+        help="peak learning rate of the one-cycle tuning (default: 0.1)",
+    )
+    own.add_argument(
+        "--tune-warmup",
+        dest="tune_warmup",
+        default=suppress,
+        help="fraction of the tuning spent rising to the peak (default: 0.1)",
+    )
+    own.add_argument(
+        "--tune-start",
+        dest="tune_start",
+        default=suppress,
+        help="first learning rate as a fraction of the peak (default: 0.01)",
+    )
+    own.add_argument(
+        "--recipe", default=suppress, help="recipe the children are tuned with (default: default)"
+    )
+    own.add_argument(
+        "--include-parent",
+        dest="include_parent",
+        action=argparse.BooleanOptionalAction,
+        default=suppress,
+        help="count the parent as a member too (default: off)",
+    )
+    own.add_argument(
+        "--seed", default=suppress, help="child i trains with seed + i (default: the parent's seed)"
+    )
+    own.add_argument("--workers", default=suppress, help="children trained at a time (processes; default: 1)")
+    keys = [k for k in field_types() if k not in CHILD_OWNED and k not in PARENT_ONLY]
+    add_config_flags(ensemble, keys, title="children's run settings (override the parent's)")
+
+    report = sub.add_parser(
+        "ensemble-report",
+        help="ensembles against their parents and deep ensembles: tables and reliability plots",
+    )
+    report.add_argument("dirs", nargs="+", help="folders holding ensemble.json (anymask ensemble's --out)")
+    report.add_argument(
+        "--out",
+        default="ensemble_report",
+        help="folder for ensemble_report.md and PNGs (default: ensemble_report)",
+    )
 
 
 # -- parser ------------------------------------------------------------------------------------------
@@ -260,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a grid of runs (resumable, parallel)")
     sweep.add_argument("sweep", help="sweep file: [base] settings and a [grid] of lists")
     sweep.add_argument("--out", help="folder for the runs (default: the file's out or runs/<file name>)")
-    sweep.add_argument("--workers", type=int, default=1, help="runs at a time (processes; default: 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    add_engine_flags(sweep)
 
     report = sub.add_parser("report", help="tables and plots from run folders")
     report.add_argument("dirs", nargs="+", help="run or sweep folders")
@@ -290,12 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     export = sub.add_parser(
-        "export", help="write a finished run's weights compressed (kept values + positions)"
+        "export", help="write a finished run's weights compressed (kept values + positions), or as ONNX"
     )
     export.add_argument(
         "run_dir", help="a finished run folder (holds model.safetensors and mask.safetensors)"
     )
-    export.add_argument("--out", required=True, help="the .safetensors file to write")
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="safetensors: kept values + positions, for anymask (default); onnx: the plain trained model "
+        "for onnxruntime (needs `pip install 'anymask[onnx]'`)",
+    )
+    export.add_argument("--out", required=True, help="the file to write (.safetensors or .onnx)")
+    add_ensemble_parsers(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from anymask.dst.config import DstConfig
 from anymask.errors import AnymaskError
 from anymask.masks.config import MaskConfig
 from anymask.recipe.config import RecipeConfig
+from anymask.tracking.config import TrackingConfig
 
 
 @dataclass
@@ -36,14 +37,19 @@ class ModelConfig:
     init: str = "default"
     """Weight initialisation: 'default' (the model's own: kaiming_fan_in for vgg16, as Synaptic-Flow;
     kaiming_fan_out for the others), 'kaiming_fan_out' or 'kaiming_fan_in'."""
+    init_weights: str | None = None
+    """Start from these weights instead of an initialisation: a model.safetensors (a finished run's) that
+    loads into the model exactly; the mask is then made on them (prune-and-tune children, fine-tuning)."""
 
 
 @dataclass
 class DataConfig:
     data: str = "digits"
-    """Dataset from the data registry (digits, cifar10, cifar100, tinyimagenet)."""
+    """Dataset: digits, cifar10, cifar100, tinyimagenet (held in memory), imagefolder (your images under
+    data_dir/train/<class>/, streamed from disk), or your own factory as package.module:function
+    (docs/own-loop.md)."""
     data_dir: str = "data"
-    """Folder that contains the dataset's official folder (e.g. cifar-10-batches-py)."""
+    """Folder that contains the dataset's official folder (e.g. cifar-10-batches-py), or the image folder."""
     download: bool = False
     """Fetch the official archive when the dataset folder is missing."""
     val_split: int = bounded(0, low=0, high=100_000_000)
@@ -52,6 +58,15 @@ class DataConfig:
     """Train on the first N training images only (quick runs)."""
     augment: bool = True
     """Random crop with padding and horizontal flip (as the dataset defines them)."""
+    image_size: int | None = bounded(None, low=1, high=100_000)
+    """imagefolder: resize every image to NxN (shorter side, then a centre crop); default: the images'
+    own size, which must then be the same for all."""
+    data_mean: list[float] | None = bounded(None, low=0, high=1)
+    """imagefolder: per-channel mean of the pixels in [0, 1] (default: computed from 1,000 images)."""
+    data_std: list[float] | None = bounded(None, low=0, high=1, low_open=True)
+    """imagefolder: per-channel standard deviation of the pixels in [0, 1] (default: computed)."""
+    data_workers: int = bounded(2, low=0, high=1024)
+    """imagefolder and user datasets: DataLoader worker processes decoding images (0: in the main one)."""
 
 
 @dataclass
@@ -79,6 +94,10 @@ class TrainConfig:
     """Step schedule: multiplier at each milestone."""
     warmup_epochs: float = bounded(0.0, low=0, high=100_000)
     """Linear learning-rate warm-up (cosine and step schedules)."""
+    onecycle_warmup: float = bounded(0.3, low=0, high=1, low_open=True, high_open=True)
+    """One-cycle schedule: fraction of the run over which the learning rate rises to its peak (lr)."""
+    onecycle_start: float = bounded(0.04, low=0, high=1, low_open=True)
+    """One-cycle schedule: the first learning rate, as a fraction of the peak (OneCycleLR's 1/div_factor)."""
     seed: int = bounded(0, low=0, high=2**32 - 1)
     """Seed for weights, data order and augmentation; the same seed reproduces a CPU run."""
     device: str = "auto"
@@ -107,10 +126,11 @@ SECTIONS: dict[str, type] = {
     "recipe": RecipeConfig,
     "train": TrainConfig,
     "dst": DstConfig,
+    "tracking": TrackingConfig,
 }
 
 # Settings that change how a run is displayed or scheduled, never its numbers: left out of the hash.
-NOT_HASHED = frozenset({"progress", "threads"})
+NOT_HASHED = frozenset({"progress", "threads", "data_workers"})
 
 # Settings added after runs were already made, each with the value that trains as anymask did before the
 # setting existed. At that value a setting is left out of the hash, so adding it renames no run folder
@@ -125,12 +145,22 @@ ADDED_SETTINGS: dict[str, Any] = {
     "init": "default",
     "masked_weight_decay": None,
     "gw_lambda": 0.05,
-    "gw_form": "relative",
+    "gw_form": "fade",
     "fold_at": "ghost",
     "fold_branches": "kxk,1x1",
     "teacher": None,
     "kd_temperature": 4.0,
     "kd_weight": 0.9,
+    "init_weights": None,
+    "onecycle_warmup": 0.3,
+    "onecycle_start": 0.04,
+    # trackers (issue 23): never hashed anyway (TrackingConfig.inert_settings), listed for the rule
+    "log": [],
+    "log_project": "anymask",
+    "mlflow_uri": None,
+    "image_size": None,
+    "data_mean": None,
+    "data_std": None,
 }
 
 # Architectures changed after runs were made, with their current revision. A run of such a model hashes
@@ -147,6 +177,7 @@ class RunConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dst: DstConfig = field(default_factory=DstConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_flat(self) -> dict[str, Any]:
         return {key: getattr(getattr(self, section), key) for key, section in field_sections().items()}
@@ -174,7 +205,7 @@ class RunConfig:
     def read_settings(self) -> dict[str, Any]:
         """The flat settings that can change this run's numbers: display settings and the settings of
         recipe parts, mask methods or dynamic sparse training not in use are left out."""
-        sections = (self.mask, self.recipe, self.dst)
+        sections = (self.mask, self.recipe, self.dst, self.tracking)
         inert = NOT_HASHED.union(*(section.inert_settings() for section in sections))
         return {k: v for k, v in self.to_flat().items() if k not in inert}
 
@@ -200,6 +231,7 @@ def field_sections() -> dict[str, str]:
     return {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
+@functools.cache
 def field_types() -> dict[str, Any]:
     return {name: hint for cls in SECTIONS.values() for name, hint in typing.get_type_hints(cls).items()}
 
@@ -207,16 +239,20 @@ def field_types() -> dict[str, Any]:
 @functools.cache  # reads the source of every section: once per process, not once per parser
 def field_help() -> dict[str, str]:
     """Flat key -> the docstring written under the field (used as --help text)."""
+    return {key: text for cls in SECTIONS.values() for key, text in documented_fields(cls).items()}
+
+
+def documented_fields(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it, for one dataclass."""
     import ast
     import inspect
 
     helps: dict[str, str] = {}
-    for cls in SECTIONS.values():
-        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
-        for stmt, nxt in itertools.pairwise(body):
-            documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-            if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
-                helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
+    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in itertools.pairwise(body):
+        documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+        if isinstance(stmt, ast.AnnAssign) and documented and isinstance(nxt.value.value, str):
+            helps[stmt.target.id] = nxt.value.value  # type: ignore[union-attr]
     return helps
 
 
@@ -275,7 +311,8 @@ def coerce(key: str, value: Any) -> Any:
         _fail(key, "a value", value)
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
-        items = value.split(",") if isinstance(value, str) else value
+        # "a, b" on the command line; an empty string is the empty list (`--log ""` turns trackers off)
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             _fail(key, "a list", value)
         result: Any = [_coerce_scalar(key, item, v) for v in items]

@@ -3,9 +3,10 @@
 The trainer calls a few hooks on every extension it holds (`after_backward` each step, `state_dict` and
 `load_state_dict` with its checkpoint); the run pipeline (`anymask.train.run`) asks each registered kind
 to check a config before anything is written and to build its extension for a run, then collects the
-extensions' metrics, summary entries and files. A package adds a kind with
+extensions' metrics, summary entries and files, and hands them each saved epoch and the summary
+(`epoch_saved`, `summarized`: a metrics sink). A package adds a kind with
 `@TRAINER_EXTENSIONS.register("name")` when it is imported; nothing in `anymask.train` imports it.
-Dynamic sparse training (`anymask.dst`) is one.
+Dynamic sparse training (`anymask.dst`) and the trackers (`anymask.tracking`) are two.
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ class TrainerExtension:
 
     def finish(self) -> None:
         """Called once when training ends, before summary.json marks the run finished."""
+
+    def epoch_saved(self, history: list[dict[str, Any]]) -> None:
+        """On the process that writes the run folder, after an epoch's record is in the checkpoint and
+        metrics.jsonl; `history` holds every epoch's record so far. Also called once when a run resumes,
+        with the epochs its checkpoint holds, so a reporting extension can send what an interrupted
+        process had not (a metrics sink sees each epoch of a resumed run: it decides what is new)."""
+
+    def summarized(self, summary: dict[str, Any]) -> None:
+        """On the writing process, with the run's complete summary, just before summary.json is written."""
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue bit for bit (saved in every checkpoint)."""

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from anymask.errors import AnymaskError
 from anymask.registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -56,6 +59,48 @@ class ImageDataset:
     def input_shape(self) -> tuple[int, int, int]:
         c, h, w = self.train_x.shape[1:]
         return (c, h, w)
+
+    # -- the dataset interface the trainer, the scorers and GradInit use (shared with StreamedDataset) --
+    def split_size(self, split: str) -> int:
+        """Images in split 'train', 'val' or 'test'."""
+        return len(self.split_labels(split))
+
+    def split_labels(self, split: str) -> torch.Tensor:
+        """The split's labels (int64), known without reading an image."""
+        return getattr(self, f"{split}_y")
+
+    def batches(self, split: str, batch_size: int, **options: Any) -> Iterator[Batch]:
+        """One epoch of normalised float batches of `split` on the dataset's device (`iterate_batches`'
+        options: shuffle, augment, generator, drop_last, rank, world_size, channels_last)."""
+        from anymask.data.batches import iterate_batches
+
+        options.setdefault("shuffle", False)
+        options.setdefault("augment", False)
+        return iterate_batches(
+            getattr(self, f"{split}_x"),
+            getattr(self, f"{split}_y"),
+            batch_size,
+            mean=self.mean,
+            std=self.std,
+            crop_padding=self.crop_padding,
+            flip=self.flip,
+            **options,
+        )
+
+    def train_batches_at(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        """The training images at `indices`, in that order, normalised and not augmented (prune data)."""
+        from anymask.data.batches import iterate_batches
+
+        idx = indices.to(self.train_x.device)
+        return iterate_batches(
+            self.train_x[idx],
+            self.train_y[idx],
+            batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=False,
+            augment=False,
+        )
 
     def to(self, device: str | torch.device) -> ImageDataset:
         """A copy with every tensor on `device` (images stay uint8: 4x less memory than float)."""

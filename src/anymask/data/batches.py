@@ -8,6 +8,7 @@ the epoch exactly.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,26 +50,92 @@ def iterate_batches(
     With world_size > 1 use drop_last=True so every rank gets an equal, non-empty share.
     """
     _check_args(images, labels, batch_size, rank, world_size)
-    n, device = len(images), images.device
-    # Everything random for the epoch is drawn up front, in a fixed order, for all n samples.
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    aug = _draw_augmentation(n, crop_padding, flip, generator) if augment and (crop_padding or flip) else None
+    device = images.device
+    plan = EpochPlan.draw(
+        len(images),
+        batch_size,
+        shuffle=shuffle,
+        augment=augment,
+        crop_padding=crop_padding,
+        flip=flip,
+        generator=generator,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world_size,
+    )
     # One copy to the device per epoch, then slices: no host-to-device transfer inside the loop.
-    order = order.to(device)
-    aug = tuple(t.to(device) for t in aug) if aug is not None else None
-    shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
-    scale = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
-    for b in range(num_batches(n, batch_size, drop_last)):
-        lo, hi = _share(b * batch_size, min((b + 1) * batch_size, n), rank, world_size)
+    order = plan.order.to(device)
+    finish = BatchFinisher(plan, mean, std, crop_padding, channels_last, device)
+    for lo, hi in plan.bounds:
         idx = order[lo:hi]
-        x = images[idx]
-        if aug is not None:
-            offsets, flips = aug
-            x = _crop_flip(x, offsets[lo:hi], flips[lo:hi], crop_padding)
-        if channels_last:
+        yield finish(images[idx], lo, hi), labels[idx]
+
+
+@dataclass
+class EpochPlan:
+    """Everything random in one epoch, drawn up front in a fixed order for all n samples, and this rank's
+    [lo, hi) positions of each batch in `order`. The in-memory and the streamed paths share it, so the
+    same generator gives the same batches from tensors in memory and from files on disk."""
+
+    order: torch.Tensor  # [n] sample indices, CPU
+    augmentation: tuple[torch.Tensor, torch.Tensor] | None  # per-position crop offsets and flips, CPU
+    bounds: list[tuple[int, int]]
+
+    @classmethod
+    def draw(
+        cls,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        crop_padding: int = 0,
+        flip: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> EpochPlan:
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        aug = (
+            _draw_augmentation(n, crop_padding, flip, generator)
+            if augment and (crop_padding or flip)
+            else None
+        )
+        bounds = [
+            _share(b * batch_size, min((b + 1) * batch_size, n), rank, world_size)
+            for b in range(num_batches(n, batch_size, drop_last))
+        ]
+        return cls(order, aug, bounds)
+
+
+class BatchFinisher:
+    """Turns the uint8 images at plan positions [lo, hi) into the float batch: crop, flip, normalise."""
+
+    def __init__(
+        self,
+        plan: EpochPlan,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_padding: int,
+        channels_last: bool,
+        device: torch.device,
+    ) -> None:
+        self.augmentation = (
+            tuple(t.to(device) for t in plan.augmentation) if plan.augmentation is not None else None
+        )
+        self.padding, self.channels_last = crop_padding, channels_last
+        self.shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+        self.scale = 1 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255)
+
+    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        if self.augmentation is not None:
+            offsets, flips = self.augmentation
+            x = _crop_flip(x, offsets[lo:hi], flips[lo:hi], self.padding)
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Normalizing after the crop makes the zero padding come out as (0 - mean) / std, like torchvision.
-        yield x.float().sub_(shift).mul_(scale), labels[idx]
+        return x.float().sub_(self.shift).mul_(self.scale)
 
 
 def _share(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -86,6 +153,10 @@ def _check_args(
             f"expected uint8 images [N, C, H, W] and N labels, got {images.dtype} {tuple(images.shape)} "
             f"and {len(labels)} labels"
         )
+    check_batch_sizes(batch_size, rank, world_size)
+
+
+def check_batch_sizes(batch_size: int, rank: int, world_size: int) -> None:
     if batch_size <= 0 or batch_size % world_size:
         raise AnymaskError(
             f"batch size {batch_size} must be a positive multiple of the number of processes ({world_size}); "
@@ -127,17 +198,6 @@ def shuffled_train_batches(
     augment: bool = True,
     **options: object,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled batches of the training split with the dataset's own crop and flip."""
-    return iterate_batches(
-        data.train_x,
-        data.train_y,
-        batch_size,
-        mean=data.mean,
-        std=data.std,
-        shuffle=True,
-        augment=augment,
-        crop_padding=data.crop_padding,
-        flip=data.flip,
-        generator=generator,
-        **options,  # type: ignore[arg-type]
-    )
+    """Shuffled batches of the training split with the dataset's own crop and flip (in memory or
+    streamed from disk: any dataset with a `batches` method)."""
+    return data.batches("train", batch_size, shuffle=True, augment=augment, generator=generator, **options)  # type: ignore[arg-type]

@@ -1,9 +1,14 @@
-"""`load_dataset`: the one entry point that finds, downloads, splits and places a dataset."""
+"""`load_dataset`: the one entry point that finds, downloads, splits and places a dataset.
+
+The registered small datasets (`DATASETS`) load into memory; `imagefolder` (`STREAMED`) and a user's
+`package.module:function` are streamed from disk by DataLoader workers (`anymask.data.streamed`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +17,16 @@ import torch
 from anymask.data import cifar, digits, tinyimagenet  # noqa: F401
 from anymask.data.base import DATASETS, ImageDataset, not_found
 from anymask.data.download import ARCHIVES, download_and_extract
+from anymask.data.folder import NAME as IMAGE_FOLDER
+from anymask.data.folder import load_image_folder
+from anymask.data.streamed import StreamedDataset
 from anymask.errors import AnymaskError
+from anymask.imports import is_factory_name
+from anymask.registry import Registry
+
+# Datasets read from disk batch by batch: a loader (data_dir, **options) -> StreamedDataset.
+STREAMED: Registry[Callable[..., StreamedDataset]] = Registry("dataset")
+STREAMED.register(IMAGE_FOLDER)(load_image_folder)
 
 
 def load_dataset(
@@ -23,14 +37,36 @@ def load_dataset(
     val_split: int = 0,
     train_subset: int | None = None,
     device: str | torch.device = "cpu",
-) -> ImageDataset:
+    image_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    workers: int = 2,
+) -> ImageDataset | StreamedDataset:
     """Load dataset `name` from `data_dir`, holding out `val_split` train images for validation.
 
     The validation images are the same in every run (a fixed seed, independent of the run's seed);
     `train_subset` then keeps the first N remaining train images in file order, for quick runs.
+    `image_size`, `mean`, `std` and `workers` apply to the streamed datasets (imagefolder, a factory).
     """
-    loader = DATASETS.get(name)
+    check_data_name(name)
     data_dir = Path(data_dir)
+    if is_factory_name(name):
+        from anymask.data.user import load_user_data
+
+        user = load_user_data(name, data_dir, val_split=val_split, train_subset=train_subset, workers=workers)
+        return user.to(device)
+    if name in STREAMED:
+        folder = STREAMED.get(name)(
+            data_dir,
+            val_split=val_split,
+            train_subset=train_subset,
+            image_size=image_size,
+            mean=mean,
+            std=std,
+            workers=workers,
+        )
+        return folder.to(device)
+    loader = DATASETS.get(name)
     if download and name in ARCHIVES:
         download_and_extract(ARCHIVES[name], data_dir)
     ds = loader(data_dir)
@@ -45,6 +81,28 @@ def load_dataset(
         val_y=ds.train_y[val_idx],
     )
     return ds.to(device)
+
+
+def check_data_name(name: str) -> None:
+    """One line for a `--data` that names no dataset: not registered, not imagefolder, not a factory."""
+    if is_factory_name(name) or name in STREAMED or name in DATASETS:
+        return
+    choices = ", ".join([*DATASETS.names(), *STREAMED.names()])
+    raise AnymaskError(f"unknown dataset '{name}'; choose one of: {choices}, or package.module:function")
+
+
+def data_options(config: Any) -> dict[str, Any]:
+    """The `load_dataset` keyword arguments a DataConfig sets."""
+    c = config
+    return {
+        "download": c.download,
+        "val_split": c.val_split,
+        "train_subset": c.train_subset,
+        "image_size": c.image_size,
+        "mean": c.data_mean,
+        "std": c.data_std,
+        "workers": c.data_workers,
+    }
 
 
 def check_dataset_present(name: str, data_dir: str | Path, download: bool = False) -> None:

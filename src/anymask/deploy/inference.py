@@ -1,36 +1,53 @@
 """A trained sparse network as a fast CPU inference module.
 
-`sparse_inference_model(model, mask)` traces the model (torch.fx), folds every BatchNorm that directly
-follows a convolution into that convolution's weight and bias (a pruned weight stays exactly zero: it
-is only scaled), fuses a ReLU that directly follows a layer into it (or a residual sum and the ReLU
-after it, as in a ResNet block), and replaces each Conv2d and
-Linear with an `InferenceLayer` that runs one kernel from `anymask.deploy.kernels.KERNELS`.
+`sparse_inference_model(model, mask)` traces the model (torch.fx) and folds every BatchNorm that
+directly follows a convolution into that convolution's weight and bias (a pruned weight stays exactly
+zero: it is only scaled). Then it can run two ways, chosen per input shape:
 
-Which kernel: ``kernel="auto"`` times the dense kernel and every available sparse one on the layer's
-real input the first time a batch size is seen, and keeps the fastest for that layer and batch size
-(so a dense-ish layer, or a tiny one at batch 1, stays dense; above `MAX_SPARSE_DENSITY` only dense
-is considered). A kernel name forces it on every layer
-it supports. Where no sparse kernel can run (numba missing), every layer runs dense and one line says
-why. ``kernel="dense"`` is the fair dense baseline: the same folded, fused graph in PyTorch eager.
+- the whole network as ONE numba call (`anymask.deploy.program`): no per-layer dispatch, no layout
+  conversions, residual sums and ReLUs fused into the convolutions, every layer kind (first conv,
+  3x3, strided, depthwise and pointwise convs, pooling, the classifier) on kernels that skip zeros;
+- layer by layer: each Conv2d and Linear becomes an `InferenceLayer` with a ReLU that follows it (or a
+  residual sum and the ReLU after it, as in a ResNet block) fused in, running one kernel from
+  `anymask.deploy.kernels.KERNELS`.
+
+``kernel="auto"`` (the default) times the program (at every chunk size in `CHUNKS`) against the dense
+layer-by-layer graph on the first batch of each shape and keeps the fastest; ``kernel="numba"`` runs
+the program (timing only chunk sizes); ``kernel="dense"`` is the fair dense baseline, the same folded,
+fused graph in PyTorch eager; another kernel name forces it on every layer it supports. A graph the
+program cannot express (an operation it does not know) runs layer by layer, where `auto` times the
+dense kernel against the per-layer sparse ones (above `MAX_SPARSE_DENSITY` only dense). Where numba
+cannot run, every layer runs dense and one line says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from anymask.deploy.kernels import KERNELS, Kernel, LayerWeights
+from anymask.deploy.kernels import KERNELS, Kernel, LayerWeights, layer_weights
 from anymask.errors import AnymaskError
 from anymask.masks import Mask
 
+if TYPE_CHECKING:
+    from anymask.deploy.program import Program
+
 AUTO = "auto"
+PROGRAM = "numba"  # the whole-network program; layers it runs report this kernel in `plan`
+LAYERS = "layers"
+CHUNKS = (1, 2, 4, 8, 16, 32)
+"""Images per chunk `auto` times for the program (each thread runs whole chunks in its own arena)."""
 _NOTICES: set[str] = set()
 MAX_SPARSE_DENSITY = 0.5
 """Above this density `auto` does not even time the sparse kernels: a kernel that skips zeros does the
@@ -86,7 +103,7 @@ class InferenceLayer(nn.Module):
             return self.policy if self.policy in self.kernels else "dense"
         if len(self.kernels) == 1:
             return "dense"
-        timings = {name: _best_time(kernel, x, residual) for name, kernel in self.kernels.items()}
+        timings = {name: _best_time(lambda k=kernel: k(x, residual)) for name, kernel in self.kernels.items()}
         return min(timings, key=timings.__getitem__)
 
     def extra_repr(self) -> str:
@@ -94,33 +111,104 @@ class InferenceLayer(nn.Module):
         return f"{shape}, density {self.weights.density:.4f}, relu={self.weights.relu}, kernels={self.choice}"
 
 
-def _best_time(kernel: Kernel, x: torch.Tensor, residual: torch.Tensor | None) -> float:
-    kernel(x, residual)  # untimed: compiles (numba) or loads the compiled code, warms the caches
+def _best_time(run: Callable[[], object]) -> float:
+    run()  # untimed: compiles (numba) or loads the compiled code, warms the caches
     best = float("inf")
     for _ in range(TUNE_REPEATS):
         begin = time.perf_counter()
-        kernel(x, residual)
+        run()
         best = min(best, time.perf_counter() - begin)
     return best
 
 
-class SparseInference(nn.Module):
-    """The folded, kernel-backed network; call it on float32 NCHW images (no gradients)."""
+@dataclass(frozen=True)
+class Choice:
+    """How a batch shape runs: the whole-network program on chunks of `chunk` images, or layer by layer."""
 
-    def __init__(self, graph: fx.GraphModule) -> None:
+    engine: str  # PROGRAM or LAYERS
+    chunk: int = 0
+
+
+class SparseInference(nn.Module):
+    """The folded network; call it on float32 NCHW images (no gradients).
+
+    Two ways to run it, chosen per input shape: the whole network as one numba program (`program.py`;
+    when the graph lowers and numba can run), or the fx graph layer by layer, each layer on its
+    `InferenceLayer` kernel (dense PyTorch under `auto`). `threads` (default: torch.get_num_threads()
+    at call time) is how many threads the program uses; it runs one parallel region per call in numba
+    threads that sleep when idle, so nothing needs OMP_WAIT_POLICY.
+    """
+
+    def __init__(
+        self, graph: fx.GraphModule, folded: fx.GraphModule | None, policy: str, threads: int | None = None
+    ) -> None:
         super().__init__()
         self.graph_module = graph
+        self.policy = policy
+        self.threads = threads
+        self._folded = folded  # lowered per image shape; None: layer by layer only
+        self._programs: dict[tuple[int, ...], Program | None] = {}
+        self.choices: dict[tuple[int, ...], Choice] = {}  # input shape (N, C, H, W) -> how it runs
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.graph_module(x.float()).contiguous()
+        x = x.detach().float().contiguous()
+        shape = tuple(x.shape)
+        if shape not in self.choices:
+            self.choices[shape] = self._choose(x)
+        choice = self.choices[shape]
+        if choice.engine == LAYERS:
+            return self.graph_module(x).contiguous()
+        return self._run_program(x, choice.chunk)
+
+    def _run_program(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        program = self._programs[tuple(x.shape[1:])]
+        assert program is not None
+        return torch.from_numpy(program(x.numpy(), chunk, self.threads or torch.get_num_threads()))
+
+    def program(self, image_shape: tuple[int, ...]) -> Program | None:
+        """The whole-network program for images of `image_shape`, or None when it cannot be built."""
+        if image_shape not in self._programs:
+            self._programs[image_shape] = None
+            if self._folded is not None and len(image_shape) == 3:
+                from anymask.deploy.program import Unsupported, compile_program
+
+                with contextlib.suppress(Unsupported):  # then layer by layer
+                    self._programs[image_shape] = compile_program(self._folded, image_shape)  # type: ignore[arg-type]
+        return self._programs[image_shape]
+
+    def _chunks(self, batch: int) -> list[int]:
+        """Chunk sizes worth timing: each thread gets at least one chunk."""
+        per_thread = -(-batch // max(1, self.threads or torch.get_num_threads()))
+        return [c for c in CHUNKS if c <= per_thread] or [1]
+
+    def _choose(self, x: torch.Tensor) -> Choice:
+        if self.program(tuple(x.shape[1:])) is None:
+            return Choice(LAYERS)
+        batch = x.shape[0]
+        runs: dict[Choice, Callable[[], object]] = {
+            Choice(PROGRAM, chunk): (lambda c=chunk: self._run_program(x, c)) for chunk in self._chunks(batch)
+        }
+        if self.policy == AUTO:
+            for layer in self.layers().values():  # the alternative run: every layer dense
+                layer.choice.setdefault(batch, "dense")
+            runs[Choice(LAYERS)] = lambda: self.graph_module(x)
+        if len(runs) == 1:
+            return next(iter(runs))
+        timings = {choice: _best_time(run) for choice, run in runs.items()}
+        return min(timings, key=timings.__getitem__)
 
     def layers(self) -> dict[str, InferenceLayer]:
         return {n: m for n, m in self.graph_module.named_modules() if isinstance(m, InferenceLayer)}
 
     def plan(self, batch: int) -> dict[str, str]:
-        """Layer name -> the kernel it runs at `batch` (known once a batch of that size has run)."""
-        return {name: layer.choice.get(batch, "?") for name, layer in self.layers().items()}
+        """Layer name -> the kernel it runs at `batch` (known once a batch of that size has run);
+        PROGRAM for every layer when the whole-network program runs that batch."""
+        on_program = any(s[0] == batch and c.engine == PROGRAM for s, c in self.choices.items())
+        return {
+            name: PROGRAM if on_program else layer.choice.get(batch, "?")
+            for name, layer in self.layers().items()
+        }
 
     @classmethod
     def from_run(cls, run_dir: str | Path, kernel: str = AUTO) -> SparseInference:
@@ -136,7 +224,9 @@ class SparseInference(nn.Module):
         return sparse_inference_model(load_exported_model(path), None, kernel)
 
 
-def sparse_inference_model(model: nn.Module, mask: Mask | None = None, kernel: str = AUTO) -> SparseInference:
+def sparse_inference_model(
+    model: nn.Module, mask: Mask | None = None, kernel: str = AUTO, threads: int | None = None
+) -> SparseInference:
     """`model` (with `mask` applied, if given) as a CPU inference module; see the module docstring."""
     if kernel != AUTO:
         KERNELS.get(kernel)  # one-line error for an unknown name
@@ -147,8 +237,19 @@ def sparse_inference_model(model: nn.Module, mask: Mask | None = None, kernel: s
     sparse = sparse_kernels(kernel)
     if kernel != AUTO and kernel not in sparse:
         kernel = "dense"  # asked for dense, or the notice above said why not
+    folded = None
+    if PROGRAM in sparse and (
+        kernel == PROGRAM or (kernel == AUTO and _density(graph) <= MAX_SPARSE_DENSITY)
+    ):
+        folded = copy.deepcopy(graph)
     _replace_layers(graph, sparse, kernel)
-    return SparseInference(graph)
+    return SparseInference(graph, folded, kernel, threads)
+
+
+def _density(graph: fx.GraphModule) -> float:
+    """Kept fraction of all Conv2d and Linear weights."""
+    weights = [m.weight for m in graph.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    return sum(int(w.count_nonzero()) for w in weights) / max(1, sum(w.numel() for w in weights))
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
@@ -215,7 +316,7 @@ def _replace_layers(graph: fx.GraphModule, sparse: dict[str, type[Kernel]], poli
             continue
         if calls[node.target] > 1:
             continue  # a module called twice would need one kernel per call site
-        weights = _fuse_followers(graph, node, modules, _layer_weights(modules[node.target]))
+        weights = _fuse_followers(graph, node, modules, layer_weights(modules[node.target]))
         kernels: dict[str, Kernel] = {"dense": KERNELS.get("dense")(weights)}
         for name, kernel in sparse.items():
             if kernel.supports(weights) and (policy == name or weights.density <= MAX_SPARSE_DENSITY):
@@ -254,19 +355,3 @@ def _fuse_followers(
     graph.graph.erase_node(relu)
     graph.graph.erase_node(add)
     return weights.fused(relu=True, residual=True)
-
-
-def _layer_weights(module: nn.Module) -> LayerWeights:
-    weight = module.weight.detach().float().contiguous()
-    bias = module.bias
-    bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
-    if isinstance(module, nn.Conv2d):
-        if isinstance(module.padding, str) or module.padding_mode != "zeros":
-            raise AnymaskError(
-                f"sparse inference supports numeric zero padding only; this model has a conv with "
-                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}"
-            )
-        return LayerWeights(
-            weight, bias, tuple(module.stride), tuple(module.padding), tuple(module.dilation), module.groups
-        )
-    return LayerWeights(weight, bias)

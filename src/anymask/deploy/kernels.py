@@ -22,7 +22,9 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from anymask.errors import AnymaskError
 from anymask.registry import Registry
 
 
@@ -56,6 +58,23 @@ class LayerWeights:
             (height + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1,
             (width + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1,
         )
+
+
+def layer_weights(module: nn.Module) -> LayerWeights:
+    """The folded weights of a Conv2d or Linear, float32, with a bias (zeros when it has none)."""
+    weight = module.weight.detach().float().contiguous()
+    bias = module.bias
+    bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float()
+    if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            raise AnymaskError(
+                f"sparse inference supports numeric zero padding only; this model has a conv with "
+                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}"
+            )
+        return LayerWeights(
+            weight, bias, tuple(module.stride), tuple(module.padding), tuple(module.dilation), module.groups
+        )
+    return LayerWeights(weight, bias)
 
 
 class Kernel(Protocol):

@@ -18,6 +18,19 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+
+def prefer_passive_threads() -> None:
+    """Use numba's workqueue threads, which sleep when idle, unless the user chose a layer.
+
+    The default (OpenMP where available) lets idle workers spin for milliseconds after every parallel
+    region, on the cores that PyTorch's own OpenMP threads (or anything else running next) need. Only
+    effective before numba's first parallel launch in the process.
+    """
+    if numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+prefer_passive_threads()
 _JIT = {"parallel": True, "fastmath": True, "cache": True, "nogil": True}
 
 

@@ -38,10 +38,11 @@ recipe = ["default", "tost"]
 
 def run_demo(out: Path, workers: int = 1) -> Path:
     """Run (or resume) the demo sweep into `out`, report it into `out/report`; returns the accuracy plot."""
+    from anymask.experiments.engines.base import engine_bounds
     from anymask.experiments.report import write_report
-    from anymask.experiments.sweep import WORKERS, run_sweep
+    from anymask.experiments.sweep import run_sweep
 
-    check_setting("--workers", workers, WORKERS)
+    check_setting("--workers", workers, engine_bounds()["workers"])
     check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_FILE, DEMO_SWEEP)

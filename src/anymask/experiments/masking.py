@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from anymask.io import check_output_file
 from anymask.masks import Mask
 from anymask.masks.analysis import compare, inspect_rows
 from anymask.masks.connectivity import connectivity
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -43,7 +47,7 @@ def _cell(value: object) -> str:
 
 def prune_to_file(config: RunConfig, out: Path) -> Mask:
     """Build the config's mask on the seeded initial model (as `train` would) and save it."""
-    from anymask.data import load_dataset
+    from anymask.data import data_options, load_dataset
     from anymask.train.distributed import World, resolve_device
     from anymask.train.run import _Run, validate
 
@@ -52,13 +56,7 @@ def prune_to_file(config: RunConfig, out: Path) -> Mask:
         raise AnymaskError(f"--out must end in .safetensors or .pt, got '{out.name}'")
     check_output_file(out)
     device = resolve_device(config.train.device, World())
-    data = load_dataset(
-        config.data.data,
-        config.data.data_dir,
-        download=config.data.download,
-        val_split=config.data.val_split,
-        train_subset=config.data.train_subset,
-    ).to(device)
+    data = load_dataset(config.data.data, config.data.data_dir, **data_options(config.data)).to(device)
     run = _Run(config, out.parent / f"{out.stem}-lth", data, device, World(), resuming=False)
     torch.manual_seed(config.train.seed)
     mask, _ = run.build_mask(run.new_model())
@@ -163,41 +161,60 @@ def inspect_mask(
     return plot
 
 
-def plot_densities(mask: Mask, path: Path, title: str) -> None:
-    import matplotlib
+def plot_densities(mask: Mask, path: Path, title: str) -> Figure:
+    """The per-layer density bar plot of `anymask inspect`: a log axis with a tick at every decade the
+    densities reach, and a marker below the lowest decade for layers with no weights. Returns the figure
+    (already written to `path`)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anymask.experiments.layout import (
+        add_legend,
+        density_axis,
+        legend_columns,
+        rotated_labels_height,
+        save,
+    )
 
     layers = mask.layers()
     densities = [layer.density for layer in layers]
-    floor = min([d for d in densities if d > 0] + [mask.density()]) / 3  # log axis: room below the smallest
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(layers) + 2), 4.2))
-    ax.bar(range(len(layers)), [max(d, floor) if d > 0 else 0 for d in densities], bottom=0, color="tab:blue")
+    names = [layer.name.removesuffix(".weight") for layer in layers]
+    height = 3.6 + rotated_labels_height(names, 7)
+    figure = Figure(figsize=(max(6.0, 0.28 * len(layers) + 2), height), layout="constrained")
+    ax = figure.subplots()
     collapsed = [i for i, layer in enumerate(layers) if layer.collapsed]
+    lowest = min([d for d in densities if d > 0] + [mask.density()] + ([1.0] if mask.density() == 0 else []))
+    marker = density_axis(ax, lowest, bool(collapsed))
+    bottom = ax.get_ylim()[0]
+    # Bars rise from the axis' bottom: a log axis has no 0 to start them from.
+    ax.bar(
+        range(len(layers)),
+        [d - bottom if d > 0 else 0 for d in densities],
+        bottom=bottom,
+        color="tab:blue",
+        label="density of the layer",
+    )
     if collapsed:
         ax.scatter(
             collapsed,
-            [floor * 1.3] * len(collapsed),
+            [marker] * len(collapsed),
             marker="x",
             color="tab:red",
             zorder=3,
-            label="collapsed (no weights left)",
+            label="layer with no weights",
+            clip_on=False,
         )
     ax.axhline(mask.density(), color="black", linestyle="--", linewidth=1, label="overall density")
-    ax.set_yscale("log")
-    ax.set_ylim(floor, 1.5)
-    ax.set_xticks(
-        range(len(layers)), [layer.name.removesuffix(".weight") for layer in layers], rotation=90, fontsize=7
-    )
-    ax.set_ylabel("density (fraction kept, log scale)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_xticks(range(len(layers)), names, rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.set_ylabel("weights kept in the layer (log scale)")
+    figure.suptitle(title, fontsize=10)
+    labels = ax.get_legend_handles_labels()
+    columns = legend_columns(labels[1], figure)
+    add_legend(figure, *labels, loc="outside lower center", ncol=columns, frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(figure, path, dpi=110)
+    return figure
 
 
 def compare_masks(a_path: Path, b_path: Path) -> None:

@@ -6,8 +6,9 @@ run, a `[grid]` table of lists and an optional list of `[[variants]]` tables; th
 of the grid lists, in file order with the last key varying fastest. The tables take flat keys (`sparsity`)
 or section tables (`[base.train]`), exactly like a run config file. Each run lives in
 `<out>/<config hash>`, so running the same file again finds its runs: finished ones are skipped,
-interrupted ones resumed from their last epoch, and a grid that grows only adds runs. Runs go to worker
-processes, so a crash costs one run, not the sweep, and `--workers N` trains N at once.
+interrupted ones resumed from their last epoch, and a grid that grows only adds runs. An engine trains
+them (`anymask.experiments.engines`): worker processes here (`--workers N` trains N at once; a crash costs
+one run, not the sweep), Ray tasks or a SLURM job array; an optional `[engine]` table sets which and how.
 """
 
 from __future__ import annotations
@@ -15,37 +16,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import multiprocessing
-import os
-import signal
-import threading
-import traceback
-import warnings
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import lru_cache
-from multiprocessing.connection import Connection, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 from anymask.artifacts import read_settings_file, read_summary
-from anymask.bounds import Bounds, check_setting
 from anymask.config import RunConfig, coerce, flat_settings, section_of
-from anymask.data import ImageDataset, load_dataset
 from anymask.data.load import check_dataset_present
-from anymask.errors import AnymaskError, one_line_warning
+from anymask.errors import AnymaskError
+from anymask.experiments.engines import ENGINES, Engine, EngineSettings, SweepProgress
 from anymask.experiments.report import markdown_table
 from anymask.io import atomic_write_text, check_output_folder
-from anymask.memory import return_freed_memory
-from anymask.train.run import CONFIG, METRICS, SUMMARY, folder_state, run_experiment, validate
+from anymask.train.run import CONFIG, METRICS, SUMMARY, folder_state, validate
 
 RECORD = "sweep.json"
-TOP_LEVEL = ("out", "kept", "base", "grid", "variants")
-REFRESH_SECONDS = 1.0  # the sweep's bar redraws at least this often, so elapsed time and ETA stay live
+TOP_LEVEL = ("out", "kept", "base", "grid", "variants", "engine")
 STATES = ("new", "interrupted", "finished", "kept", "foreign")  # folder_state's, and "kept" (see below)
 
 
@@ -83,6 +69,7 @@ class Sweep:
     out: Path | None = None
     variants: tuple[dict[str, Any], ...] = ({},)
     kept: tuple[Path, ...] = ()
+    engine: dict[str, Any] = field(default_factory=dict)  # the [engine] table: EngineSettings fields
 
     def points(self) -> list[dict[str, Any]]:
         """Each variant crossed with the grid's cartesian product, last key varying fastest (one empty
@@ -119,12 +106,9 @@ class Sweep:
             "grid": self.grid,
             **({"kept": [str(folder) for folder in self.kept]} if self.kept else {}),
             **({"variants": list(self.variants)} if self.variants != ({},) else {}),
+            **({"engine": self.engine} if self.engine else {}),
             "runs": [{"hash": run.folder.name, "values": run.values} for run in runs],
         }
-
-
-WORKERS = Bounds(1, 1024)
-"""The range of `--workers` (processes training at once)."""
 
 
 # -- parsing -------------------------------------------------------------------------------------------
@@ -155,7 +139,12 @@ def _sweep_from_table(raw: Any, name: str) -> Sweep:
         if key in base:
             raise AnymaskError(f"'{key}' is set in both [base] and [grid]; keep one")
     variants = _variants(raw.get("variants", [{}]), grid)
-    return Sweep(name, base, grid, Path(out) if out else None, variants, _kept_folders(raw.get("kept", [])))
+    engine = raw.get("engine", {})
+    if not isinstance(engine, dict):
+        raise AnymaskError("'engine' must be a table: an [engine] line, then key = value lines")
+    EngineSettings().updated(engine, "[engine]")  # checked now, applied with the flags when it runs
+    kept = _kept_folders(raw.get("kept", []))
+    return Sweep(name, base, grid, Path(out) if out else None, variants, kept, engine)
 
 
 def _kept_folders(raw: Any) -> tuple[Path, ...]:
@@ -205,7 +194,7 @@ def _top_level_hint(key: str) -> str:
     try:
         section_of(key)
     except AnymaskError:
-        return f"unknown key '{key}'; a sweep file holds out, kept, [base], [grid] and [[variants]]"
+        return f"unknown key '{key}'; a sweep file holds out, kept, [base], [grid], [[variants]] and [engine]"
     return f"setting '{key}' is at the top level; put it under [base] (or a list of values under [grid])"
 
 
@@ -222,14 +211,18 @@ def _grid_values(key: str, values: Any) -> list[Any]:
 
 
 # -- running -------------------------------------------------------------------------------------------
-def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dry_run: bool = False) -> Path:
+def run_sweep(
+    path: str | Path, *, out: Path | None = None, dry_run: bool = False, **engine_settings: Any
+) -> Path:
     """Run every unfinished run of the sweep file into `out`; returns the sweep folder.
 
-    `out` defaults to the file's `out`, then to runs/<file name>. Raises `AnymaskError` after the last
-    run if any failed, so the command exits non-zero while the other runs still finished.
+    `out` defaults to the file's `out`, then to runs/<file name>. `engine_settings` are `EngineSettings`
+    fields (`engine="ray"`, `workers=2`, `address=...`); those given (not None) override the file's
+    `[engine]` table. Raises `AnymaskError` after the last run if any failed, so the command exits
+    non-zero while the other runs still finished.
     """
-    check_setting("--workers", workers, WORKERS)
     sweep = load_sweep(path)
+    engine = engine_for(sweep, {k: v for k, v in engine_settings.items() if v is not None})
     out = out or sweep.out or Path("runs") / sweep.name
     check_output_folder(out)
     runs = sweep.plan(out)
@@ -241,7 +234,7 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RECORD, json.dumps(sweep.record(runs), indent=2) + "\n")
     keep_into = sweep.kept[0] if sweep.kept else None
-    failures = _run_all(todo, workers, len(runs), f"sweep {sweep.name}", keep_into) if todo else {}
+    failures = _train_all(engine, todo, len(runs), f"sweep {sweep.name}", keep_into) if todo else {}
     if keep_into is not None:  # runs finished before `kept` was set, or by an older anymask
         _keep([run for run in runs if run.state == "finished"], keep_into)
     if failures:
@@ -252,6 +245,30 @@ def run_sweep(path: str | Path, *, out: Path | None = None, workers: int = 1, dr
         )
     print(f"sweep {sweep.name}: all {len(runs)} runs finished in {out}; see them with: anymask report {out}")
     return out
+
+
+def engine_for(sweep: Sweep, overrides: dict[str, Any]) -> Engine:
+    """The sweep's engine: defaults, then the file's [engine] table, then `overrides` (the flags); its
+    settings and package are checked before anything is written."""
+    settings = EngineSettings().updated(sweep.engine, f"sweep {sweep.name} [engine]")
+    settings = settings.updated(overrides, "sweep", flags=True)
+    engine = ENGINES.get(settings.engine)(settings)
+    engine.check()
+    return engine
+
+
+def _train_all(
+    engine: Engine, runs: list[PlannedRun], total: int, desc: str, keep_into: Path | None
+) -> dict[Path, str]:
+    """Train `runs` on `engine` under one progress bar; returns folder -> error. With `keep_into`, each
+    run's small files are copied there the moment it finishes."""
+    on_finished = (lambda run: _keep([run], keep_into)) if keep_into is not None else None
+    progress = SweepProgress(total, len(runs), desc, on_finished)
+    try:
+        engine.run(runs, progress)
+    finally:
+        progress.close()
+    return progress.failures
 
 
 def check_datasets(runs: list[PlannedRun], name: str) -> None:
@@ -274,26 +291,6 @@ def plan_table(runs: list[PlannedRun], out: Path) -> str:
     return f"{len(runs)} runs in {out} ({counts}):\n" + markdown_table(["run", *keys, "state"], rows)
 
 
-def cpu_count() -> int:
-    """CPUs this process may use (respects taskset/cgroup affinity where the OS reports it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def gpu_slots(runs: list[PlannedRun]) -> list[str | None]:
-    """CUDA_VISIBLE_DEVICES for each worker slot: one GPU per worker when several exist.
-
-    Pinning by environment, not by the `device` setting, keeps `device` (which is hashed) the same for
-    every run, so a run's folder does not depend on which worker happened to train it.
-    """
-    count = torch.cuda.device_count()
-    if count < 2 or any(run.config.train.device not in {"auto", "cuda"} for run in runs):
-        return [None]
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return visible.split(",") if visible else [str(i) for i in range(count)]
-
-
 def _keep(runs: list[PlannedRun], into: Path) -> None:
     """Copy the small files of finished runs into the kept folder (what a commit needs), once each."""
     from anymask.experiments.report import keep_run_files, read_run
@@ -302,156 +299,12 @@ def _keep(runs: list[PlannedRun], into: Path) -> None:
     keep_run_files([read_run(run.folder) for run in missing], into)
 
 
-def _run_all(
-    runs: list[PlannedRun], workers: int, total: int, desc: str, keep_into: Path | None = None
-) -> dict[Path, str]:
-    """Train `runs` in worker processes with one progress bar for the sweep; returns folder -> error.
-    With `keep_into`, each run's small files are copied there the moment it finishes."""
-    size = min(workers, len(runs))
-    threads = max(1, cpu_count() // size)
-    pool = _Pool(size, gpu_slots(runs))
-    pending, failures = deque(runs), {}
-    bar = tqdm(total=total, initial=total - len(runs), desc=desc, unit="run", smoothing=0, dynamic_ncols=True)
-    try:
-        while pending or pool.busy:
-            while pending and pool.idle:
-                pool.submit(pending.popleft(), threads)
-            bar.set_postfix_str(", ".join(run.short_label for run in pool.busy.values()), refresh=True)
-            for run, error in pool.collect(timeout=REFRESH_SECONDS):
-                bar.update(1)
-                if error is not None:
-                    failures[run.folder] = error
-                    bar.write(f"anymask: run {run.folder} ({run.label}) failed: {error}")
-                elif keep_into is not None:
-                    _keep([run], keep_into)
-    finally:
-        pool.close()
-        bar.close()
-    return failures
-
-
-def worker_config(run: PlannedRun, threads: int) -> RunConfig:
-    """The run's config as a worker trains it: no per-run bars (the sweep has one), and its share of the
-    CPUs unless the sweep file sets `threads`. Neither setting is hashed, so the folder stays the same."""
-    overrides: dict[str, Any] = {"progress": False}
-    if run.config.train.threads is None:
-        overrides["threads"] = threads
-    return run.config.updated(overrides)
-
-
-class _Pool:
-    """Worker processes fed one run at a time; a worker that dies fails its run and is replaced."""
-
-    def __init__(self, size: int, gpus: list[str | None]) -> None:
-        self.context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
-        self.idle = [_Worker.start(self.context, gpus[i % len(gpus)]) for i in range(size)]
-        self.busy: dict[_Worker, PlannedRun] = {}
-
-    def submit(self, run: PlannedRun, threads: int) -> None:
-        worker = self.idle.pop()
-        worker.conn.send((worker_config(run, threads), run.folder))
-        self.busy[worker] = run
-
-    def collect(self, timeout: float) -> list[tuple[PlannedRun, str | None]]:
-        """(run, error or None) for each busy worker that answered or died within `timeout` seconds."""
-        ready = set(wait([w.conn for w in self.busy] + [w.process.sentinel for w in self.busy], timeout))
-        done = []
-        for worker in [w for w in self.busy if w.conn in ready or w.process.sentinel in ready]:
-            run = self.busy.pop(worker)
-            error = worker.result()
-            if not worker.process.is_alive():
-                worker = _Worker.start(self.context, worker.gpu)
-            self.idle.append(worker)
-            done.append((run, error))
-        return done
-
-    def close(self) -> None:
-        """Stop idle workers politely and interrupt busy ones (their runs resume next time)."""
-        for worker in self.idle:
-            with contextlib.suppress(OSError):  # a worker that died while idle
-                worker.conn.send(None)
-        for worker in self.busy:
-            worker.process.terminate()
-        for worker in [*self.idle, *self.busy]:
-            worker.process.join(timeout=10)
-            if worker.process.is_alive():
-                worker.process.kill()
-
-
-@dataclass(eq=False)
-class _Worker:
-    process: Any
-    conn: Connection
-    gpu: str | None
-
-    @classmethod
-    def start(cls, context: Any, gpu: str | None) -> _Worker:
-        parent_end, child_end = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child_end, gpu), daemon=True)
-        process.start()
-        child_end.close()  # so a dead worker reads as end-of-file here instead of blocking forever
-        return cls(process, parent_end, gpu)
-
-    def result(self) -> str | None:
-        try:
-            return self.conn.recv()
-        except EOFError:
-            self.process.join()
-            return f"worker process died (exit code {self.process.exitcode}) while training this run"
-
-
-# -- inside a worker process ---------------------------------------------------------------------------
-def _worker_main(conn: Connection, gpu: str | None) -> None:
-    """Train the runs sent over `conn` until told to stop (None); answers None or an error per run."""
-    _prepare_worker(gpu)
-    while (task := conn.recv()) is not None:
-        conn.send(_train(*task))
-
-
-def _prepare_worker(gpu: str | None) -> None:
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before the first CUDA call of this process
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it stops the workers
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    warnings.showwarning = one_line_warning  # type: ignore[assignment]  # as the CLI shows them
-    _exit_with_parent()
-
-
-def _exit_cleanly(*_: Any) -> None:
-    """SIGTERM from the sweep: exit through Python, so multiprocessing releases what it holds."""
-    raise SystemExit(1)
-
-
-def _exit_with_parent() -> None:
-    """Die when the sweep process dies (even by SIGKILL), so no orphan keeps writing a run folder."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _train(config: RunConfig, folder: Path) -> str | None:
-    """Train (or resume) one run; None on success, else the message to show (a traceback for bugs)."""
-    try:
-        d = config.data
-        data = _dataset(d.data, d.data_dir, d.download, d.val_split, d.train_subset)
-        run_experiment(config, folder, resume=True, data=data)
-    except AnymaskError as error:
-        return str(error)
-    except Exception:
-        return traceback.format_exc().rstrip()
-    finally:
-        return_freed_memory()  # a worker trains many runs: keep it at one run's footprint, not the peak
-    return None
-
-
-@lru_cache(maxsize=1)  # consecutive runs of a grid share their dataset; keep one in memory, not all
-def _dataset(
-    name: str, data_dir: str, download: bool, val_split: int, train_subset: int | None
-) -> ImageDataset:
-    return load_dataset(name, data_dir, download=download, val_split=val_split, train_subset=train_subset)
+def train_planned(runs: list[PlannedRun], workers: int, desc: str) -> None:
+    """Train `runs` (each a config and its folder) in `workers` worker processes, as a sweep does; one
+    line naming the runs that failed, after the others finished."""
+    engine = ENGINES.get("local")(EngineSettings(workers=min(workers, len(runs))))
+    engine.check()
+    failures = _train_all(engine, runs, len(runs), desc, None)
+    if failures:
+        names = ", ".join(str(folder) for folder in list(failures)[:3])
+        raise AnymaskError(f"{len(failures)} of {len(runs)} runs failed ({names}); run the command again")

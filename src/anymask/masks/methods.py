@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from anymask.data.iterable import as_data
 from anymask.errors import AnymaskError
 from anymask.masks.allocate import check_scope
 from anymask.masks.config import MaskConfig
@@ -34,7 +35,7 @@ class PruneContext:
     config: MaskConfig
     generator: torch.Generator  # CPU generator seeded with the mask seed
     device: torch.device
-    data: Any = None  # anymask.data.ImageDataset, for data-dependent methods
+    data: Any = None  # an anymask dataset or a data.iterable.BatchIterable, for data-dependent methods
     train: Callable[..., Any] | None = None  # lottery ticket: trains a masked model (see masks/lth.py)
     out_dir: Any = None  # where iterative methods log their rounds (Path or None)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -144,6 +145,7 @@ def make_mask(
 
     check_sparsity(config.sparsity)
     check_scope(config.scope)
+    data = as_data(data)  # any iterable of batches works too; its first batch gives the input shape
     method_name = "file" if config.mask_file else config.mask_method
     method = METHODS.get(method_name)
     generator = torch.Generator().manual_seed(seed if config.mask_seed is None else config.mask_seed)

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anymask.data import iterate_batches
 from anymask.errors import AnymaskError
 from anymask.masks.allocate import mask_from_scores
 from anymask.masks.config import BN_MODES
@@ -101,27 +100,52 @@ def prune_indices(
 
 
 def prune_batches(context: PruneContext, method: str) -> list[Batch]:
-    """The normalised prune images of a data-dependent scorer, in chunks, on the context's device."""
+    """The normalised prune images of a data-dependent scorer, in chunks, on the context's device.
+
+    From an anymask dataset: `prune_samples_per_class` images of each class (`prune_balanced`; random
+    picks where a streamed dataset's labels are unknown). From any other iterable of batches: its first
+    batches, up to prune_samples_per_class x classes images (classes: the width of the model's output).
+    """
+    from anymask.data.iterable import is_dataset
+
     data, config = context.data, context.config
     if data is None:
         raise AnymaskError(
             f"mask method '{method}' scores weights on training images but no dataset was given; "
-            "pass data= to make_mask (the anymask commands do this)"
+            "pass data= to make_mask (a dataset or any iterable of (images, labels) batches)"
         )
-    idx = prune_indices(
-        data.train_y,
-        config.prune_samples_per_class,
-        data.num_classes,
-        config.prune_balanced,
-        context.generator,
-    )
+    if not is_dataset(data):
+        count = config.prune_samples_per_class * _output_width(context, data.first()[0])
+        return [(x.to(context.device), y.to(context.device)) for x, y in data.take_images(count)]
+    labels = data.split_labels("train")
+    wanted = config.prune_samples_per_class * data.num_classes
+    if labels is None:
+        idx = torch.randperm(data.split_size("train"), generator=context.generator)[:wanted]
+    else:
+        idx = prune_indices(
+            labels, config.prune_samples_per_class, data.num_classes, config.prune_balanced, context.generator
+        )
     if len(idx) == 0:
         raise AnymaskError(f"mask method '{method}' found no training images to score with")
-    images, labels = data.train_x[idx.to(data.train_x.device)], data.train_y[idx.to(data.train_y.device)]
-    batches = iterate_batches(
-        images, labels, PRUNE_BATCH_SIZE, mean=data.mean, std=data.std, shuffle=False, augment=False
-    )
+    batches = data.train_batches_at(idx, PRUNE_BATCH_SIZE)
     return [(x.to(context.device), y.to(context.device)) for x, y in batches]
+
+
+@torch.no_grad()
+def _output_width(context: PruneContext, images: torch.Tensor) -> int:
+    """The number of classes, read from the model's logits on one batch (eval mode, nothing changes)."""
+    if "num_classes" in context.extras:
+        return int(context.extras["num_classes"])
+    model = context.model
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[context.device] if context.device.type == "cuda" else []):
+            logits = ModelCall.of(model, context.output_fn)(model, images[:2].to(context.device))
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return int(logits.shape[-1])
 
 
 # -- scorers ------------------------------------------------------------------------------------------

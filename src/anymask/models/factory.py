@@ -9,49 +9,21 @@ because a run folder or report does.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from typing import Any
 
 from torch import nn
 
 from anymask.errors import AnymaskError
+from anymask.imports import SEPARATOR, is_factory_name  # noqa: F401  (re-exported)
+from anymask.imports import import_factory as import_named
 
-SEPARATOR = ":"
 SIGNATURE = "function(num_classes, input_shape, width) -> nn.Module"
 
 
-def is_factory_name(name: str) -> bool:
-    """True for 'package.module:function' names, which are imported instead of looked up."""
-    return SEPARATOR in name
-
-
 def import_factory(name: str) -> Any:
-    """The callable named 'package.module:function' (the function part may be dotted: 'mod:Class.build')."""
-    module_name, _, attribute = name.partition(SEPARATOR)
-    if not module_name or not attribute:
-        raise AnymaskError(f"--model '{name}' names no factory; write it as package.module:function")
-    _working_directory_importable()
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and f"{module_name}.".startswith(f"{error.name}."):
-            raise AnymaskError(
-                f"--model '{name}': no module named '{error.name}' in the working directory ({os.getcwd()}) "
-                "or on PYTHONPATH"
-            ) from None
-        raise AnymaskError(f"--model '{name}': importing {module_name} failed: {_one_line(error)}") from None
-    except Exception as error:
-        raise AnymaskError(f"--model '{name}': importing {module_name} failed: {_one_line(error)}") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise AnymaskError(f"--model '{name}': {module_name} has no attribute '{attribute}'")
-        target = getattr(target, part)
-    if not callable(target):
-        raise AnymaskError(f"--model '{name}' is a {type(target).__name__}, not a factory {SIGNATURE}")
-    return target
+    """The model factory named 'package.module:function' (the function part may be dotted)."""
+    return import_named(name, "--model", f"a factory {SIGNATURE}")
 
 
 def build(
@@ -71,20 +43,3 @@ def build(
             f"a factory is {SIGNATURE}"
         )
     return model
-
-
-def _working_directory_importable() -> None:
-    """Put the working directory on sys.path, as `python -m` does (the `anymask` script does not).
-
-    Sweep workers are spawned processes: they inherit this sys.path and import the factory again.
-    """
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-
-
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, SyntaxError):
-        return f"SyntaxError: {error.msg} ({error.filename}, line {error.lineno})"
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

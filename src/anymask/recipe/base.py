@@ -209,6 +209,8 @@ class Recipe:
         )
 
     def prepare(self, context: RecipeContext) -> None:
+        # Checked again on purpose: a run checks before its mask exists (nothing written yet) and here
+        # with the mask, which some parts need to judge (fold's sites, gw's and sparse-init's mask).
         self.check_fits(context)
         for part in self._to_prepare(context):
             part.prepare(context)

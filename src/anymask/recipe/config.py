@@ -49,9 +49,10 @@ class RecipeConfig:
     """Smoothing over time: 'constant', 'ghost' (only in the ghost phase) or 'linear' (to 0 at the end)."""
     gw_lambda: float = bounded(0.05, low=0, high=1e6)
     """Ghost weights: the squeeze's strength at the end of the ghost phase (it rises on ghost_schedule)."""
-    gw_form: str = "relative"
-    """Ghost weights: 'relative' squeezes each unit's share of its weight norm outside the mask
-    (scale-free, so BatchNorm does not undo it); 'absolute' the plain L2 norm outside the mask (DLTH)."""
+    gw_form: str = "fade"
+    """Ghost weights: 'fade' scales the weights outside the mask by the ghost schedule's factor, to exactly 0
+    at the cut; 'relative' squeezes each unit's share of its weight norm outside the mask (scale-free);
+    'absolute' the plain L2 norm outside the mask (DLTH). gw_lambda sets the two squeezes' strength."""
     fold_at: str = "ghost"
     """Folding branches: fold at the end of the ghost phase ('ghost') or only after the last epoch ('end',
     as RepVGG: the branches train all run)."""

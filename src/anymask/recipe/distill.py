@@ -71,7 +71,7 @@ def load_teacher(teacher: str, context: RecipeContext) -> tuple[nn.Module, dict[
         parameter.requires_grad_(False)
     record = _teacher_record(folder, run.summary)
     if folder is not None and "teacher_train_flops" not in record:  # a run from before costs were counted
-        examples = config.train.epochs * len(context.data.train_y)
+        examples = config.train.epochs * context.data.split_size("train")
         example = torch.zeros((1, *context.data.input_shape), device=context.device)
         macs = forward_macs(model, example, ModelCall.of(model, context.output_fn))
         record["teacher_train_flops"] = FLOPS_PER_MAC * BACKWARD_FACTOR * macs * examples

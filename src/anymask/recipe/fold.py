@@ -337,23 +337,15 @@ def fold_site(site: Site, conv_input: torch.Tensor) -> None:
 
 
 def probe_images(context: RecipeContext) -> torch.Tensor:
-    """The first training images, normalised, not augmented: the same batch in every run and rank."""
-    from anymask.data import iterate_batches
+    """The first training images, normalised, not augmented: the same batch in every run and rank (from
+    a user's iterable of batches: its first batch, cut to PROBE_IMAGES)."""
+    from anymask.data.iterable import as_data, is_dataset
 
-    data = context.data
-    count = min(PROBE_IMAGES, len(data.train_y))
-    images, _ = next(
-        iter(
-            iterate_batches(
-                data.train_x[:count],
-                data.train_y[:count],
-                count,
-                mean=data.mean,
-                std=data.std,
-                shuffle=False,
-                augment=False,
-                channels_last=context.channels_last,
-            )
-        )
-    )
+    data = as_data(context.data)
+    if not is_dataset(data):
+        return data.first()[0][:PROBE_IMAGES].to(context.device)
+    count = min(PROBE_IMAGES, data.split_size("train"))
+    images, _ = next(iter(data.train_batches_at(torch.arange(count), count)))
+    if context.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     return images.to(context.device)

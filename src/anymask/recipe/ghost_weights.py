@@ -1,20 +1,27 @@
-"""Ghost weights (gw): the pruned weights start alive, are squeezed towards zero, and are cut.
+"""Ghost weights (gw): the pruned weights start alive, are brought to zero over the ghost phase, and are cut.
 
-A dense start trains more weights early, when a sparse network learns slowest; the squeeze hands what
-they learned over to the kept weights before they leave (the "dual lottery ticket" squeeze, Bai et al.,
-ICLR 2022). During the ghost phase every masked weight trains, and a penalty `lambda(t) * P(w)`,
-`lambda` rising on `ghost_schedule` from 0 to `gw_lambda`, pulls the weights outside the mask to zero.
-At the end of the phase the weights outside the mask and their optimizer state are set to exactly zero
-and the mask is enforced from then on; the run's records keep how much weight norm was still outside
-the mask at that moment (`gw/outside_fraction`, `gw/outside_norm`).
+A dense start trains more weights early, when a sparse network learns slowest; bringing the extra
+weights to zero gradually hands what they learned over to the kept weights before they leave (the idea
+of the "dual lottery ticket" squeeze, Bai et al., ICLR 2022). During the ghost phase every masked weight
+trains; at its end the weights outside the mask and their optimizer state are set to exactly zero and
+the mask is enforced from then on. The run's records keep how much weight norm was still outside the
+mask at that moment (`gw/outside_fraction_at_cut`, `gw/outside_norm_at_cut`).
 
-Why `relative` is the default form: behind a BatchNorm a unit's output ignores the scale of its weights,
-and its effective learning rate grows as 1/||w||^2. The plain penalty (`absolute`: P = sum of squared
-weights outside the mask) shrinks a 98%-pruned unit's norm several-fold, so the kept weights are thrown
-about; a calibration run fell 8-25 points behind the default protocol mid-run (docs/recipe.md). The
-`relative` penalty squeezes each output unit's share of its squared norm outside the mask,
-P = sum over units of ||w_u * (1 - m_u)||^2 / ||w_u||^2, which does not change when a unit's weights are
-scaled: its gradient is orthogonal to w_u, so it turns the unit towards the mask without shrinking it.
+`gw_form` says how they reach zero:
+
+- `fade` (default): before each step the weights outside the mask are rescaled to carry the factor
+  `1 - r` of the ghost schedule, so they reach zero on a fixed smooth schedule whatever the gradients do.
+- `absolute`: a penalty `lambda(t) * sum ||w * (1 - m)||^2`, lambda rising on the ghost schedule to
+  `gw_lambda` (the plain squeeze).
+- `relative`: a penalty on each output unit's share of its squared norm outside the mask,
+  `lambda(t) * sum_u ||w_u * (1 - m_u)||^2 / ||w_u||^2`, which a unit's scale does not change.
+
+Why a form matters: behind a BatchNorm a unit's output ignores the scale of its weights and its
+effective learning rate grows as 1/||w||^2. The plain squeeze shrinks a 98%-pruned unit's norm several
+-fold in a few steps once lambda is large, and the kept weights are thrown about (a calibration fell
+8-25 points behind the default mid-run). The relative penalty cannot shrink a unit but is weak while
+most of the norm lies outside the mask; the fade shrinks each unit on the schedule's smooth path and
+reaches the default protocol's norm only at the cut. docs/recipe.md has the calibration of the three.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from anymask.errors import AnymaskError
 from anymask.recipe.base import RECIPE_PARTS, RecipeContext, check_choice
 from anymask.recipe.schedules import GhostPart
 
-FORMS = ("relative", "absolute")
+FORMS = ("fade", "relative", "absolute")
 
 
 def outside_share(weight: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
@@ -55,6 +62,7 @@ class GhostWeights(GhostPart):
         self.enforcer: Any = None
         self.cut = False
         self.at_cut: dict[str, float] = {}
+        self.level = 1.0  # fade: the factor the weights outside the mask carry now
 
     def check(self, context: RecipeContext) -> str | None:
         if context.mask is not None and not len(context.mask):
@@ -85,8 +93,24 @@ class GhostWeights(GhostPart):
     def bind(self, optimizer: torch.optim.Optimizer, enforcer: Any) -> None:
         self.optimizer, self.enforcer = optimizer, enforcer
 
+    def update(self, epoch: float) -> None:
+        super().update(epoch)
+        if self.form == "fade" and not self.cut and self.weights:
+            self.fade_to(1.0 - self.progress)
+
+    @torch.no_grad()
+    def fade_to(self, level: float) -> None:
+        """Multiply the weights outside the mask by level / (the level they carry now): on the schedule
+        they reach exactly zero at the ghost end, whatever the gradients did in between."""
+        if level == self.level or self.level == 0:
+            return
+        factor = level / self.level
+        for weight, outside in zip(self.weights, self.outside, strict=True):
+            weight.mul_(1 - outside * (1 - factor))
+        self.level = level
+
     def strength(self) -> float:
-        return self.config.gw_lambda * self.progress
+        return 0.0 if self.form == "fade" else self.config.gw_lambda * self.progress
 
     def penalty(self) -> torch.Tensor | None:
         if self.cut or not self.weights or self.strength() == 0:
@@ -126,13 +150,15 @@ class GhostWeights(GhostPart):
     def metrics(self) -> dict[str, float]:
         if self.cut:
             return {f"{key}_at_cut": value for key, value in self.at_cut.items()}
-        return {"lambda": self.strength(), **self.outside_norms()}
+        knob = {"level": self.level} if self.form == "fade" else {"lambda": self.strength()}
+        return {**knob, **self.outside_norms()}
 
     def summary(self) -> dict[str, Any]:
         return {f"gw_{key}_at_cut": value for key, value in self.at_cut.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cut": self.cut, "at_cut": self.at_cut}
+        return {"cut": self.cut, "at_cut": self.at_cut, "level": self.level}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.at_cut = dict(state.get("at_cut", {}))
+        self.level = float(state.get("level", 1.0))

@@ -242,12 +242,19 @@ def recalibrate_running_stats(
 
 
 def training_batches(context: RecipeContext, batch_size: int) -> Iterator[Batch]:
-    """Endless augmented training batches, drawn from a generator seeded with the run's seed."""
+    """Endless augmented training batches, drawn from a generator seeded with the run's seed; from a
+    user's iterable of batches (`SparseTraining(batches=...)`), its own batches, pass after pass."""
     from anymask.data import shuffled_train_batches
+    from anymask.data.iterable import as_data, is_dataset
 
-    data = context.data
+    data = as_data(context.data)
+    if data is None:
+        raise AnymaskError("lrsi (GradInit) needs training batches; pass batches= (or data=) with the recipe")
+    if not is_dataset(data):
+        for x, y in data.endless():
+            yield x.to(context.device), y.to(context.device)
     generator = torch.Generator().manual_seed(context.config.train.seed)
-    size = min(batch_size, len(data.train_y))
+    size = min(batch_size, data.split_size("train"))
     while True:
         for x, y in shuffled_train_batches(
             data, size, generator, augment=context.config.data.augment, drop_last=True

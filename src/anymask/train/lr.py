@@ -37,10 +37,12 @@ def step_decay(step: int, total: int, config: TrainConfig) -> float:
 
 @SCHEDULES.register("onecycle")
 def one_cycle(step: int, total: int, config: TrainConfig) -> float:
-    """Linear up to the peak over the first 30%, cosine down to 1/1000 of it (as OneCycleLR)."""
-    peak = 0.3 * total
+    """Linear from `onecycle_start` of the peak up to it over the first `onecycle_warmup` of the run (30%
+    and 1/25 by default, as OneCycleLR), then cosine down to 1/1000 of the peak."""
+    peak = config.onecycle_warmup * total
+    start = config.onecycle_start
     if step < peak:
-        return 0.04 + 0.96 * step / peak
+        return start + (1 - start) * step / peak
     progress = (step - peak) / max(total - peak, 1)
     return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 

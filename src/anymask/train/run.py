@@ -31,22 +31,22 @@ from anymask.config import (
     save_config,
     saved_model_revision,
 )
-from anymask.data import DATASETS, ImageDataset, load_dataset
+from anymask.data import TrainingData, check_data_name, data_options, load_dataset
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
-from anymask.flops import counting_macs, forward_macs, step_macs
+from anymask.flops import counting_macs, step_macs
 from anymask.io import atomic_write_text, check_output_folder
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
 from anymask.masks.config import BN_MODES
-from anymask.masks.connectivity import connectivity
 from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
 from anymask.recipe import Recipe, RecipeContext
-from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, save_weights
+from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, save_weights
 from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
 from anymask.train.lock import run_folder_lock
 from anymask.train.lr import SCHEDULES
+from anymask.train.summary import connectivity_summary, nonzero_count, summarize, training_cost
 from anymask.train.trainer import Trainer
 
 CONFIG, MASK, METRICS, MODEL, SUMMARY = (
@@ -82,13 +82,15 @@ def validate(config: RunConfig) -> None:
     MODELS.get(config.model.model)
     if config.model.init != DEFAULT_INIT:
         INITS.get(config.model.init)
-    DATASETS.get(config.data.data)
+    check_data_name(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
     Recipe.from_config(config.recipe, config.train.epochs)  # each part checks its settings as it is built
     if method == "lth":
         _check_lottery_ticket(config)
     if config.mask.mask_file and not Path(config.mask.mask_file).is_file():
         raise AnymaskError(f"mask file not found: {config.mask.mask_file}")
+    if config.model.init_weights and not Path(config.model.init_weights).is_file():
+        raise AnymaskError(f"init_weights file not found: {config.model.init_weights}")
     t = config.train
     if t.warmup_epochs > t.epochs:  # (each number's own range was checked with the others above)
         raise AnymaskError(
@@ -148,7 +150,7 @@ def check_folder(out_dir: Path, config: RunConfig, resume: bool) -> str:
 
 
 def run_experiment(
-    config: RunConfig, out_dir: str | Path, *, resume: bool = False, data: ImageDataset | None = None
+    config: RunConfig, out_dir: str | Path, *, resume: bool = False, data: TrainingData | None = None
 ) -> RunResult:
     """Train one run into `out_dir`; a finished folder is returned as it is, an unfinished one resumed."""
     out_dir = Path(out_dir)
@@ -175,7 +177,7 @@ def _remove_unstarted(out_dir: Path) -> None:
 
 
 def _train(
-    config: RunConfig, out_dir: Path, data: ImageDataset | None, world: World, resuming: bool
+    config: RunConfig, out_dir: Path, data: TrainingData | None, world: World, resuming: bool
 ) -> RunResult:
     device = resolve_device(config.train.device, world)
     if device.type == "cuda":
@@ -188,16 +190,12 @@ def _train(
     return _Run(config, out_dir, data, device, world, resuming=resuming).execute()
 
 
-def load_data(config: RunConfig, world: World) -> ImageDataset:
+def load_data(config: RunConfig, world: World) -> TrainingData:
     """The run's dataset; under torchrun rank 0 downloads it before the other ranks read the folder."""
 
-    def load(download: bool) -> ImageDataset:
+    def load(download: bool) -> TrainingData:
         return load_dataset(
-            config.data.data,
-            config.data.data_dir,
-            download=download,
-            val_split=config.data.val_split,
-            train_subset=config.data.train_subset,
+            config.data.data, config.data.data_dir, **{**data_options(config.data), "download": download}
         )
 
     data = load(config.data.download) if world.is_main else None
@@ -210,7 +208,7 @@ class _Run:
         self,
         config: RunConfig,
         out_dir: Path,
-        data: ImageDataset,
+        data: TrainingData,
         device: torch.device,
         world: World,
         resuming: bool,
@@ -274,7 +272,9 @@ class _Run:
     def steps_per_epoch(self) -> int:
         from anymask.data import num_batches
 
-        return num_batches(len(self.data.train_y), self.config.train.batch_size, self.world.distributed)
+        return num_batches(
+            self.data.split_size("train"), self.config.train.batch_size, self.world.distributed
+        )
 
     def write_config(self, start_step: int = 0) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ class _Run:
         for epoch in range(first_epoch, epochs):
             trainer.train_epoch(epoch, start_step=start_step, on_step=capture, progress=bar)
         bar.close()
-        accuracy, _ = trainer.evaluate(self.data.test_x, self.data.test_y)
+        accuracy, _ = trainer.evaluate("test")
         return TrainedRound(
             state=copy.deepcopy(model.state_dict()), captured=captured.get("state"), test_acc=accuracy
         )
@@ -323,6 +323,8 @@ class _Run:
     def execute(self) -> RunResult:
         torch.manual_seed(self.config.train.seed)
         model = self.new_model()
+        if self.config.model.init_weights:  # a trained parent's weights, say: the mask is made on them
+            load_weights(model, self.config.model.init_weights)
         recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
         # A recipe part the model cannot take (gsn on a ViT) fails here, before any file is written.
         recipe.check_fits(self.recipe_context(model, None, self.checkpoint["epoch"] if self.resuming else 0))
@@ -357,6 +359,7 @@ class _Run:
             start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
             if self.world.is_main:  # a kill between checkpoint and metrics left metrics one epoch short
                 self.write_metrics(history)
+                self.epoch_saved(trainer, history)
         else:
             for extension in trainer.extensions:
                 extension.start()
@@ -421,8 +424,13 @@ class _Run:
                     {"epoch": epoch + 1, "trainer": trainer.state_dict(), "history": history},
                 )
                 self.write_metrics(history)
+                self.epoch_saved(trainer, history)
             barrier(self.world)
         bar.close()
+
+    def epoch_saved(self, trainer: Trainer, history: list[dict[str, Any]]) -> None:
+        for extension in trainer.extensions:
+            extension.epoch_saved(history)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """metrics.jsonl from the history the checkpoint holds, so the two can never disagree."""
@@ -433,9 +441,9 @@ class _Run:
         ghost_phase = trainer.recipe.in_ghost_phase(float(epoch + 1))
         recalibrate = self.config.train.bn_recalibration_batches if ghost_phase else 0
         with trainer.recalibrated_norms(epoch, recalibrate) if recalibrate else contextlib.nullcontext():
-            test_acc, test_loss = trainer.evaluate(d.test_x, d.test_y)
-            if len(d.val_y):
-                val_acc, val_loss = trainer.evaluate(d.val_x, d.val_y)
+            test_acc, test_loss = trainer.evaluate("test")
+            if d.split_size("val"):
+                val_acc, val_loss = trainer.evaluate("val")
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "lr": trainer.optimizer.param_groups[0]["lr"],
@@ -450,7 +458,7 @@ class _Run:
         }
         if recalibrate:
             record["bn_recalibrated"] = True
-        if len(d.val_y):
+        if d.split_size("val"):
             record["val_acc"], record["val_loss"] = val_acc, val_loss
         record.update(trainer.recipe.metrics())
         for extension in trainer.extensions:
@@ -471,69 +479,10 @@ class _Run:
             summary.update(extension.summary())
             extension.finish()
         if self.world.is_main:
+            for extension in trainer.extensions:
+                extension.summarized(summary)
             save_weights(trainer.model, self.out_dir / MODEL, architecture.get("architecture"))
             atomic_write_text(self.out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
             (self.out_dir / CHECKPOINT).unlink(missing_ok=True)
         barrier(self.world)
         return RunResult(self.out_dir, summary)
-
-
-def training_cost(
-    trainer: Trainer, plain: nn.Module, mask: Mask, input_shape: tuple[int, ...]
-) -> dict[str, Any]:
-    """This run's training FLOPs and those of the default protocol on the same mask (train/cost.py)."""
-    from anymask.models.calling import ModelCall
-
-    mask.apply(plain)
-    example = torch.zeros((1, *input_shape), device=next(plain.parameters()).device)
-    default = forward_macs(plain, example, ModelCall.of(plain, trainer.call.output_fn))
-    return trainer.cost.summary(default)
-
-
-def nonzero_count(model: nn.Module, mask: Mask) -> int:
-    """Nonzero prunable weights: never more than the mask keeps."""
-    return sum(int(model.get_parameter(name).count_nonzero()) for name in mask)
-
-
-def connectivity_summary(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Effective density and reachable classes of the run's mask, for summary.json (and `report`)."""
-    try:
-        return connectivity(model, mask, input_shape).summary()
-    except Exception:  # a model that cannot be traced on one image: the summary just lacks these keys
-        return {}
-
-
-def summarize(
-    config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module
-) -> dict[str, Any]:
-    last = history[-1]
-    # A model evaluated with ghost parts inside is not the architecture that ships: never pick it as best.
-    final_model = [r for r in history if not r.get("ghost_phase")] or history
-    best_test = max(final_model, key=lambda r: r["test_acc"])
-    summary: dict[str, Any] = {
-        "model": config.model.model,
-        "data": config.data.data,
-        "mask_method": "file" if config.mask.mask_file else config.mask.mask_method,
-        "sparsity": config.mask.sparsity,
-        "recipe": config.recipe.recipe,
-        "seed": config.train.seed,
-        "epochs": config.train.epochs,
-        "final_test_acc": last["test_acc"],
-        "best_test_acc": best_test["test_acc"],
-        "best_test_epoch": best_test["epoch"],
-        "mask_kept": mask.kept(),
-        "mask_total": mask.total(),
-        "mask_density": mask.density(),
-        "nonzero_weights": nonzero_count(model, mask),
-        "train_seconds": sum(r["seconds"] for r in history),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "config_hash": config.hash(),
-    }
-    if "val_acc" in last:
-        best_val = max(final_model, key=lambda r: r["val_acc"])
-        summary.update(
-            best_val_acc=best_val["val_acc"],
-            test_acc_at_best_val=best_val["test_acc"],
-            best_val_epoch=best_val["epoch"],
-        )
-    return summary

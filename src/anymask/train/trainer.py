@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from anymask.config import RunConfig
-from anymask.data import ImageDataset, iterate_batches, num_batches, shuffled_train_batches
+from anymask.data import TrainingData, num_batches, shuffled_train_batches
 from anymask.errors import AnymaskError
 from anymask.extensions import TrainerExtension
 from anymask.flops import CostMeter
@@ -56,7 +56,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        data: ImageDataset,
+        data: TrainingData,
         config: RunConfig,
         *,
         mask: Mask | None = None,
@@ -74,10 +74,11 @@ class Trainer:
         self.world = world or World()
         self.epochs = epochs or config.train.epochs
         self.drop_last = self.world.distributed
-        self.steps_per_epoch = num_batches(len(data.train_y), config.train.batch_size, self.drop_last)
+        train_images = data.split_size("train")
+        self.steps_per_epoch = num_batches(train_images, config.train.batch_size, self.drop_last)
         if self.steps_per_epoch == 0:
             raise AnymaskError(
-                f"no training batches: {len(data.train_y)} images with batch size {config.train.batch_size}"
+                f"no training batches: {train_images} images with batch size {config.train.batch_size}"
             )
         self.total_steps = self.epochs * self.steps_per_epoch
         self.optimizer = self._build_optimizer(mask)
@@ -231,28 +232,22 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-        """(top-1 accuracy, mean cross-entropy) of the model as it is now (ghost parts included)."""
-        if len(labels) == 0:
+    def evaluate(self, split: str = "test") -> tuple[float, float]:
+        """(top-1 accuracy, mean cross-entropy) on `split` of the model as it now is (ghosts included)."""
+        count = self.data.split_size(split)
+        if count == 0:
             return float("nan"), float("nan")
         self.model.eval()
-        d = self.data
         loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for x, y in iterate_batches(
-            images,
-            labels,
-            self.train_config.eval_batch_size,
-            mean=d.mean,
-            std=d.std,
-            shuffle=False,
-            augment=False,
-            channels_last=self.train_config.channels_last,
-        ):
+        batches = self.data.batches(
+            split, self.train_config.eval_batch_size, channels_last=self.train_config.channels_last
+        )
+        for x, y in batches:
             with self.autocast():
                 logits = self.call(self.model, x).float()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
-        return float(correct) / len(labels), float(loss_sum) / len(labels)
+        return float(correct) / count, float(loss_sum) / count
 
     @contextlib.contextmanager
     def recalibrated_norms(self, epoch: int, batches: int) -> Iterator[None]:

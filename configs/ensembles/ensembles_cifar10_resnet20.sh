@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Evidence for prune-and-tune ensembles (docs/ensembles.md), from the repository root:
+#   bash configs/ensembles/ensembles_cifar10_resnet20.sh
+# Every step is resumable: run it again after an interruption and it finishes what is missing.
+# WORKERS (default 2) children train at a time. The parents are the dense teachers of
+# configs/teachers_cifar10_resnet20.toml (seeds 0-2), plus seed 3 trained here with the same settings.
+set -euo pipefail
+WORKERS=${WORKERS:-2}
+PARENT_CONFIG=configs/ensembles/ensemble_parent_cifar10_resnet20.toml
+TEACHERS=runs/teachers_cifar10_resnet20
+TEACHERS_KEPT=docs/results/teachers/runs
+OUT=runs/ensembles_cifar10_resnet20
+KEPT=docs/results/ensembles
+
+hash_of() {  # the config hash of parent seed $1: the teachers' sweep names its folder by it
+  python -c "import sys; from anymask.config import RunConfig, read_config_file
+print(RunConfig.from_flat({**read_config_file(sys.argv[1]), 'seed': int(sys.argv[2])}).hash())" \
+    "$PARENT_CONFIG" "$1"
+}
+
+parent() {  # the parent's run folder: trained here, or committed with its weights (docs/results/teachers)
+  local hash
+  hash=$(hash_of "$1")
+  if [ ! -f "$TEACHERS/$hash/summary.json" ] && [ -f "$TEACHERS_KEPT/$hash/model.safetensors" ]; then
+    echo "$TEACHERS_KEPT/$hash"
+  else
+    echo "$TEACHERS/$hash"
+  fi
+}
+
+# 1. parents: seeds 0-2 are the teachers' (trained here only if neither folder has them), seed 3 is new;
+#    a parent trained here leaves its small files and weights beside the teachers' for a commit
+for seed in 0 1 2 3; do
+  folder=$(parent "$seed")
+  if [ ! -f "$folder/summary.json" ]; then
+    resume=$([ -f "$folder/config.json" ] && echo --resume || true)
+    anymask train --config "$PARENT_CONFIG" --seed "$seed" --out "$folder" $resume
+    mkdir -p "$TEACHERS_KEPT/$(basename "$folder")"
+    cp "$folder"/{config.json,metrics.jsonl,summary.json,model.safetensors} "$TEACHERS_KEPT/$(basename "$folder")/"
+  fi
+done
+
+# 2. prune-and-tune: 6 anti-random children of each of parents 0-2, then 6 random-50% children
+for seed in 0 1 2; do
+  anymask ensemble "$(parent "$seed")" --config configs/ensembles/ensembles_cifar10_resnet20.toml \
+    --workers "$WORKERS" --out "$OUT/anti-random/parent-$seed"
+  anymask ensemble "$(parent "$seed")" --config configs/ensembles/ensembles_cifar10_resnet20.toml \
+    --pruning random --sparsity 0.5 --workers "$WORKERS" --out "$OUT/random-50/parent-$seed"
+done
+
+# 3. the deep ensemble: the four parents, independently trained
+anymask ensemble --members "$(parent 0)" "$(parent 1)" "$(parent 2)" "$(parent 3)" --out "$OUT/deep-4"
+
+# 4. keep what a commit needs (ensemble.json, and each child's config, metrics and summary), then report
+for folder in "$OUT"/anti-random/parent-* "$OUT"/random-50/parent-* "$OUT/deep-4"; do
+  kept="$KEPT/runs/${folder#"$OUT"/}"
+  mkdir -p "$kept"
+  cp "$folder/ensemble.json" "$kept/"
+  for child in "$folder"/child-*; do
+    [ -d "$child" ] || continue
+    mkdir -p "$kept/$(basename "$child")"
+    cp "$child"/config.json "$child"/metrics.jsonl "$child"/summary.json "$kept/$(basename "$child")/"
+  done
+done
+anymask ensemble-report "$KEPT"/runs/anti-random/parent-* "$KEPT"/runs/random-50/parent-* \
+  "$KEPT/runs/deep-4" --out "$KEPT"

@@ -1,0 +1,131 @@
+"""Finished run folders as ensemble members: their config, summary and model, and their test predictions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from anymask.config import RunConfig, load_run_config
+from anymask.data import ImageDataset, iterate_batches, load_dataset
+from anymask.ensembles.combine import predict_probabilities
+from anymask.errors import AnymaskError
+from anymask.masks import Mask
+from anymask.models import create_model
+from anymask.models.factory import is_factory_name
+from anymask.train.run import CONFIG, MASK, MODEL, SUMMARY
+
+
+@dataclass(frozen=True)
+class MemberRun:
+    """A finished run folder: what it trained (config, summary) and where its weights are."""
+
+    folder: Path
+    config: RunConfig
+    summary: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / MODEL
+
+    def model(self, data: ImageDataset, device: torch.device | str = "cpu") -> nn.Module:
+        """The run's trained model (the registry architecture with its weights), in eval mode."""
+        c = self.config.model
+        with torch.random.fork_rng(devices=[]):  # building draws an initialisation: leave the caller's RNG
+            model = create_model(c.model, data.num_classes, data.input_shape, c.width)
+        from anymask.train.checkpoint import load_weights
+
+        load_weights(model, self.weights)
+        return model.to(device).eval()
+
+    def mask(self, model: nn.Module) -> Mask:
+        """The run's mask: its mask file, or its non-zero weights (committed small files hold no mask)."""
+        if (self.folder / MASK).is_file():
+            return Mask.load(self.folder / MASK)
+        from anymask.ensembles.pruning import parent_mask
+
+        return parent_mask(model, self.config.mask)
+
+
+def read_member(folder: str | Path) -> MemberRun:
+    """A finished run folder, or a one-line error saying what is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AnymaskError(f"run folder not found: {folder}")
+    for name in (CONFIG, SUMMARY, MODEL):
+        if not (folder / name).is_file():
+            hint = (
+                "the run has not finished; finish it with `anymask train --resume --out " + str(folder) + "`"
+            )
+            raise AnymaskError(
+                f"{folder} has no {name}: {hint if name != CONFIG else 'not an anymask run folder'}"
+            )
+    try:
+        config = load_run_config(folder / CONFIG)
+        summary = json.loads((folder / SUMMARY).read_text())
+    except Exception as error:
+        raise AnymaskError(f"cannot read the run in {folder}: {str(error).splitlines()[0][:200]}") from None
+    if is_factory_name(config.model.model):
+        raise AnymaskError(
+            f"{folder} trained your model factory {config.model.model}: anymask does not import code a run "
+            "folder names; build the models yourself and use anymask.ensembles.Ensemble and calibration"
+        )
+    if summary.get("plain_architecture") is False:
+        raise AnymaskError(
+            f"{folder} is a tost-official run: its model keeps parts beyond the plain architecture, which "
+            "ensembles do not rebuild; use runs of another recipe"
+        )
+    return MemberRun(folder, config, summary)
+
+
+def evaluation_data(runs: list[MemberRun], data_dir: str | None = None) -> ImageDataset:
+    """The test images every member is measured on: the members' dataset, which they must share."""
+    names = sorted({run.config.data.data for run in runs})
+    if len(names) != 1:
+        raise AnymaskError(
+            f"ensemble members trained on different datasets ({', '.join(names)}); give runs of one"
+        )
+    d = runs[0].config.data
+    return load_dataset(d.data, data_dir or d.data_dir, download=d.download)
+
+
+def test_probabilities(
+    run: MemberRun, data: ImageDataset, device: torch.device | str = "cpu", batch_size: int = 500
+) -> torch.Tensor:
+    """The run's softmax probabilities (float64) on the test images, in file order."""
+    images, labels = data.test_x.to(device), data.test_y.to(device)
+    batches = iterate_batches(
+        images,
+        labels,
+        batch_size,
+        mean=data.mean,
+        std=data.std,
+        shuffle=False,
+        augment=False,
+        channels_last=run.config.train.channels_last,
+    )
+    model = run.model(data, device)
+    if run.config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return predict_probabilities(model, batches)
+
+
+def member_record(run: MemberRun) -> dict[str, Any]:
+    """What ensemble.json says about a member besides its calibration: what it is and what it cost."""
+    s = run.summary
+    return {
+        "folder": str(run.folder),
+        "config_hash": s.get("config_hash"),
+        "mask_method": s.get("mask_method"),
+        "sparsity": s.get("sparsity"),
+        "mask_density": s.get("mask_density"),
+        "recipe": s.get("recipe"),
+        "seed": s.get("seed"),
+        "epochs": s.get("epochs"),
+        "train_seconds": s.get("train_seconds"),
+        "final_test_acc": s.get("final_test_acc"),
+    }

@@ -1,0 +1,199 @@
+"""The trackers: TensorBoard, Weights & Biases and MLflow, each behind the same four calls.
+
+A tracker is opened for one run folder, told whether it continues an earlier process's tracking (a
+resumed run), and receives the run's start (config and mask table), each epoch's scalar metrics with the
+epoch as step, and the summary. Each imports its package only when opened; `module` and `extra` name the
+package and the pip extra that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anymask.extras import require
+from anymask.registry import Registry
+
+
+@dataclass
+class TrackedRun:
+    """What a tracker knows of its run. `state` is the tracker's own entry in the folder's tracking.json
+    (ids to reconnect to); `first_epoch` the first epoch this process will send."""
+
+    folder: Path
+    name: str
+    config: dict[str, Any]  # flat settings
+    project: str
+    mlflow_uri: str | None
+    state: dict[str, Any]
+    first_epoch: int
+    resumed: bool
+
+
+class Tracker:
+    module = ""
+    extra = ""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
+
+    def start(self, layers: list[dict[str, Any]]) -> None:
+        """The config and the mask's per-layer table, once per run."""
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """One epoch's scalars (1-based epoch as the step)."""
+
+    def summary(self, summary: dict[str, Any], epoch: int) -> None:
+        """The run's summary.json entries, once, at its last epoch."""
+
+    def flush(self) -> None:
+        """Make what was sent durable before the run folder records it as sent."""
+
+    def close(self) -> None:
+        """End the tracker's run."""
+
+
+TRACKERS: Registry[type[Tracker]] = Registry("tracker")
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(str(row[k]) for k in keys) + " |" for row in rows])
+
+
+@TRACKERS.register("tensorboard")
+class TensorBoardTracker(Tracker):
+    """Event files in `<run folder>/tensorboard`: `tensorboard --logdir <sweep folder>` shows every run.
+    A resumed run purges any event at or past its first epoch, so an epoch sent twice appears once."""
+
+    module, extra = "tensorboard", "tensorboard"
+
+    def __init__(self, run: TrackedRun) -> None:
+        super().__init__(run)
+        require("tensorboard", self.extra, "--log tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = run.first_epoch if run.resumed else None
+        self.writer = SummaryWriter(str(run.folder / "tensorboard"), purge_step=purge)
+
+    def start(self, layers: list[dict[str, Any]]) -> None:
+        config = "\n".join(f"    {key} = {value!r}" for key, value in self.run.config.items())
+        self.writer.add_text("config", config, global_step=0)
+        self.writer.add_text("mask/layers", markdown(layers), global_step=0)
+        for layer in layers:
+            self.writer.add_scalar(f"mask/density/{layer['layer']}", layer["density"], global_step=0)
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, global_step=epoch)
+
+    def summary(self, summary: dict[str, Any], epoch: int) -> None:
+        self.writer.add_text("summary", "    " + json.dumps(summary, indent=2).replace("\n", "\n    "), epoch)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@TRACKERS.register("wandb")
+class WandbTracker(Tracker):
+    """A W&B run per run folder, its id kept in tracking.json so a resumed run continues it. Honours the
+    usual WANDB_* variables (WANDB_MODE=offline writes `<run folder>/wandb/offline-run-*`)."""
+
+    module, extra = "wandb", "wandb"
+
+    def __init__(self, run: TrackedRun) -> None:
+        super().__init__(run)
+        wandb = require("wandb", self.extra, "--log wandb")
+        run.state.setdefault("id", secrets.token_hex(8))
+        self.wandb = wandb
+        self.handle = wandb.init(
+            project=run.project,
+            id=run.state["id"],
+            name=run.name,
+            dir=str(run.folder),
+            config=run.config,
+            resume="allow",
+            reinit="finish_previous",  # a sweep worker's previous run, if it ended by an error
+        )
+        self.handle.define_metric("*", step_metric="epoch")
+
+    def start(self, layers: list[dict[str, Any]]) -> None:
+        table = self.wandb.Table(columns=list(layers[0]), data=[list(row.values()) for row in layers])
+        self.handle.log({"mask/layers": table, "epoch": 0})
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.handle.log({**metrics, "epoch": epoch})
+
+    def summary(self, summary: dict[str, Any], epoch: int) -> None:
+        self.handle.summary.update({f"final/{key}": value for key, value in summary.items()})
+
+    def flush(self) -> None:
+        # log() only queues a record for W&B's service process; reading the summary is a round trip
+        # through the same ordered channel, so the service holds the epoch before it is recorded as
+        # sent. (If this process is SIGKILLed, the service still drops what it had not written yet.)
+        self.handle.summary.keys()
+
+    def close(self) -> None:
+        self.handle.finish()
+
+
+@TRACKERS.register("mlflow")
+class MlflowTracker(Tracker):
+    """An MLflow run per run folder (its id kept in tracking.json), in experiment `log_project`: the config
+    as params, epochs as metrics with the epoch as step, the mask table and summary as JSON artifacts.
+    Before sending, it reads back which epochs the run already holds, so none is logged twice."""
+
+    module, extra = "mlflow", "mlflow"
+
+    def __init__(self, run: TrackedRun) -> None:
+        super().__init__(run)
+        require("mlflow", self.extra, "--log mlflow")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=run.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        if "run_id" not in run.state:
+            run.state["run_id"] = self.client.create_run(
+                self._experiment_id(),
+                run_name=run.name,
+                tags={"anymask.run_folder": str(run.folder.resolve())},
+            ).info.run_id
+        self.run_id = run.state["run_id"]
+        self.logged = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.run.project)
+        return found.experiment_id if found else self.client.create_experiment(self.run.project)
+
+    def start(self, layers: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(key, str(value)[:500]) for key, value in self.run.config.items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.client.log_dict(self.run_id, {"layers": layers}, "mask_layers.json")
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch in self.logged:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(key, value, now, epoch) for key, value in {**metrics, "epoch": epoch}.items()]
+        for i in range(0, len(entries), 1000):
+            self.client.log_batch(self.run_id, metrics=entries[i : i + 1000])
+        self.logged.add(epoch)
+
+    def summary(self, summary: dict[str, Any], epoch: int) -> None:
+        self.client.log_dict(self.run_id, summary, "summary.json")
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
