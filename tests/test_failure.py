@@ -217,6 +217,7 @@ def _fake_run(folder: Path, seed: int) -> None:
         "mask_kept": 1,
         "mask_total": 2,
         "mask_density": 0.5,
+        "nonzero_weights": 1,
         "train_seconds": 1.0,
         "config_hash": config.hash(),
     }

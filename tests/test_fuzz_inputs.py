@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from anymask.artifacts import METRICS_SCHEMA, SUMMARY_SCHEMA
+from anymask.artifacts import ENSEMBLE_SCHEMA, METRICS_SCHEMA, SUMMARY_SCHEMA
 from anymask.bounds import Bounds, check_setting
 from anymask.cli import main
 from anymask.config import SECTIONS, field_types, setting_bounds
@@ -257,7 +257,9 @@ DAMAGES: dict[str, Damage] = {
     "a weight of the wrong shape or dtype, NaN weights, an extra tensor": tensor_damaged(
         ("shape", "dtype", "nan", "extra")
     ),
+    "a weight of the wrong shape, NaN weights, an extra tensor": tensor_damaged(("shape", "nan", "extra")),
     "values other than 0/1, NaN, no mask entries": tensor_damaged(("values", "nan", "no entries")),
+    "record entry missing or of the wrong type": entry_damaged(ENSEMBLE_SCHEMA),
     "a mask of the wrong shape, an extra layer": tensor_damaged(("shape", "extra")),
     "an entry missing, an impossible epoch, a wrong history or model state": checkpoint_damaged,
     "not a dict of tensors": _pt_damaged,
@@ -400,6 +402,52 @@ BEHAVIOUR: list[Case] = [
         "export.safetensors",
     ),
     Case(
+        "--init-weights file",
+        "train --config {config} --init-weights {file} --out {out}",
+        (*BYTES, "a weight of the wrong shape, NaN weights, an extra tensor"),
+        ERROR,
+        "model.safetensors",
+    ),
+    Case(
+        "tracking.json",
+        "train --config {config2} --log tensorboard --resume --out {run}",
+        JSON_BYTES,
+        ERROR,
+        "interrupted/tracking.json",
+        "interrupted",
+    ),
+    Case(
+        "summary.json",
+        "ensemble --members {run} --out {out}",
+        (*JSON_BYTES, "summary entry missing or of the wrong type (text, null, NaN, infinite)"),
+        ERROR,
+        "finished/summary.json",
+        "finished",
+    ),
+    Case(
+        "model.safetensors",
+        "ensemble --members {run} --out {out}",
+        (*BYTES, "a weight of the wrong shape, NaN weights, an extra tensor"),
+        ERROR,
+        "finished/model.safetensors",
+        "finished",
+    ),
+    Case(
+        "ensemble.json",
+        "ensemble-report {run} --out {out}",
+        (*JSON_BYTES, "record entry missing or of the wrong type"),
+        ERROR,
+        "ensemble/ensemble.json",
+        "ensemble",
+    ),
+    Case(
+        "ensemble --config file",
+        "ensemble {good} --config {file} --out {out}",
+        SETTINGS_DAMAGE,
+        ERROR,
+        "config.toml",
+    ),
+    Case(
         "teacher (a run folder)",
         "read_teacher(PATH).build_model(), Python; --teacher",
         (*BYTES, "a weight of the wrong shape or dtype, NaN weights, an extra tensor"),
@@ -432,6 +480,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first epoch, their configs as flag files, a mask in both formats, a config and a sweep file, an
     export."""
     from anymask.deploy import export_run
+    from anymask.ensembles.evaluate import evaluate_runs
     from anymask.train import run as run_module
     from anymask.train import run_experiment
 
@@ -457,6 +506,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "config.toml").write_text("epochs = 1\ntrain_subset = 64\n")
     (root / "sweep.toml").write_text('[base]\nmask_method = "random"\n[grid]\nsparsity = [0.5, 0.9]\n')
     export_run(root / "finished", root / "export.safetensors")
+    evaluate_runs([root / "finished", root / "good"], root / "ensemble")
+    # what `--log tensorboard` leaves after the first epoch; read when the run resumes with it
+    (root / "interrupted" / "tracking.json").write_text('{"tensorboard": {"epochs": 1, "started": true}}\n')
     return root
 
 
@@ -667,6 +719,109 @@ def test_every_numeric_setting_declares_its_range() -> None:
     assert {"epochs", "batch_size", "lr", "sparsity", "ghost_epochs", "threads"} <= numeric
 
 
+# Settings that are not numbers, each with the settings under which it is read (its part, method or
+# tracker in use) or None for one that is always read; `validate` refuses an unknown value of each in
+# one line. A new setting is either bounded (`anymask.bounds.bounded`) or listed here or in FREE_SETTINGS.
+CHOICE_SETTINGS: dict[str, dict[str, Any] | None] = {
+    "model": None,
+    "init": None,
+    "data": None,
+    "mask_method": None,
+    "scope": None,
+    "prune_bn_mode": None,
+    "lr_schedule": None,
+    "device": None,
+    "dst": None,
+    "log": None,
+    "recipe": None,
+    "lth_rewind": {"mask_method": "lth", "sparsity": 0.5},
+    "ghost_schedule": {"recipe": "tost"},
+    "gsn_soft": {"recipe": "tost"},
+    "gsc_mode": {"recipe": "tost"},
+    "ls_schedule": {"recipe": "ls"},
+    "gw_form": {"recipe": "gw"},
+    "fold_at": {"recipe": "fold"},
+    "fold_branches": {"recipe": "fold"},
+    "teacher": {"recipe": "kd"},
+    "init_weights": None,
+    "mask_file": None,
+}
+FREE_SETTINGS = {
+    "data_dir": "a folder; a missing dataset there is one line when the run loads it",
+    "log_project": "any name; empty is refused",
+    "mlflow_uri": "MLflow's own URI; MLflow reports a bad one when the tracker starts",
+}
+
+
+def test_every_setting_has_a_range_or_is_checked_by_name() -> None:
+    """Every RunConfig field is bounded, a true/false switch, a choice `validate` checks, or free text."""
+    import typing
+
+    switches = {k for k, hint in field_types().items() if hint is bool}
+    bounded_ = set(setting_bounds())
+    named = set(CHOICE_SETTINGS) | set(FREE_SETTINGS)
+    assert not (bounded_ & named) and not (switches & (bounded_ | named))
+    unaccounted = set(field_types()) - bounded_ - switches - named
+    assert unaccounted == set(), f"give these settings a range (bounded) or list them here: {unaccounted}"
+    for key in named:
+        hint = field_types()[key]
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        assert args[0] is str or typing.get_args(args[0]) == (str,), key
+
+
+@pytest.mark.parametrize("key", sorted(CHOICE_SETTINGS))
+def test_an_unknown_choice_is_one_line_before_anything_is_written(key: str) -> None:
+    from anymask.config import RunConfig
+    from anymask.train.run import validate
+
+    value: Any = ["no-such-thing"] if typing_origin(key) is list else "no-such-thing"
+    config = RunConfig.from_flat({**(CHOICE_SETTINGS[key] or {}), key: value})
+    with pytest.raises(AnymaskError) as error:
+        validate(config)
+    assert "\n" not in str(error.value) and "no-such-thing" in str(error.value)
+
+
+def engine_and_ensemble_bounds() -> list[tuple[str, str, Bounds]]:
+    from anymask.ensembles.prune_and_tune import ENSEMBLE_BOUNDS
+    from anymask.experiments.engines.base import engine_bounds
+
+    return [("sweep", k, b) for k, b in sorted(engine_bounds().items())] + [
+        ("ensemble", k, b) for k, b in sorted(ENSEMBLE_BOUNDS.items())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "bounds"), engine_and_ensemble_bounds(), ids=lambda v: getattr(v, "__name__", str(v))
+)
+def test_engine_and_ensemble_numbers_outside_their_range_are_one_line(
+    command: str, key: str, bounds: Bounds, pristine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typing
+
+    from anymask.ensembles.prune_and_tune import EnsembleSettings
+    from anymask.experiments.engines.base import EngineSettings
+
+    cls = EngineSettings if command == "sweep" else EnsembleSettings
+    hint = typing.get_type_hints(cls)[key]
+    integer = ([a for a in typing.get_args(hint) if a is not type(None)] or [hint])[0] is int
+
+    @FUZZ
+    @given(value=outside(bounds, integer))
+    def check(value: Any) -> None:
+        work = Path(tempfile.mkdtemp(prefix="fuzz-"))
+        try:
+            flag = f"--{key.replace('_', '-')}={value}"
+            target = str(pristine / "sweep.toml") if command == "sweep" else str(pristine / "finished")
+            code, err = run_cli([command, target, flag, "--out", str(work / "out")], capsys)
+            check_one_line(code, err, ERROR)
+            assert f"--{key.replace('_', '-')}" in err and "outside" in err, err
+            assert not any(work.iterdir())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    check()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -711,6 +866,11 @@ def docs_table() -> str:
 def ranges_table() -> str:
     rows = ["| setting | range |", "|---|---|"]
     rows += [f"| `{key}` | {bounds.interval()} |" for key, bounds in sorted(setting_bounds().items())]
+    rows += [
+        f"| `{key}` (`anymask {command}` {'engine' if command == 'sweep' else 'setting'}) | "
+        f"{bounds.interval()} |"
+        for command, key, bounds in engine_and_ensemble_bounds()
+    ]
     return "\n".join(rows)
 
 

@@ -346,8 +346,8 @@ def test_kept_runs_rebuild_the_same_report(runs: Path, tmp_path: Path) -> None:
 
 def test_kept_runs_hold_the_mask_densities_for_the_density_plot(tmp_path: Path) -> None:
     folder = make_run(tmp_path / "runs", "snip", 0.5, "default", 0, 0.8, 0.8)
-    Mask(
-        {"a.weight": torch.tensor([True, False, False, False]), "b.weight": torch.ones(2, dtype=torch.bool)}
+    Mask(  # 100 weights, as the run's summary counts (a mask of another size is not the run's)
+        {"a.weight": torch.tensor([True, False, False, False]), "b.weight": torch.ones(96, dtype=torch.bool)}
     ).save(folder / "mask.safetensors")
     write_report([tmp_path / "runs"], tmp_path / "report", keep_runs=True)
     kept = tmp_path / "report" / "runs" / folder.name

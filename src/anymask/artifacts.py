@@ -59,6 +59,13 @@ ARTIFACTS: dict[str, Artifact] = {
     "sweep file": Artifact("sweep file", "fix it: [base] settings and a [grid] of lists, in TOML"),
     "export": Artifact("export file", "export it again with `anymask export RUN_DIR --out FILE`"),
     "teacher": Artifact("teacher", "give a finished run folder or the model.safetensors file of one"),
+    "init_weights": Artifact(
+        "init_weights file", "give the model.safetensors of a finished run of the same model"
+    ),
+    "ensemble.json": Artifact("ensemble record", "measure the ensemble again with `anymask ensemble`"),
+    "tracking.json": Artifact(
+        "tracker state", "delete it: each tracker then starts its curves as a new run on the next resume"
+    ),
 }
 
 
@@ -216,6 +223,45 @@ def read_layer_densities(path: str | Path) -> dict[str, float]:
     if not all(0 <= v <= 1 for v in data.values()):
         raise damaged(path, "layer_densities.json", "a density lies outside [0, 1]")
     return data
+
+
+ENSEMBLE_SCHEMA: Schema = {"kind": str, "ensemble": dict, "members": list, "cost": dict, "evaluated_on": dict}
+ENSEMBLE_NUMBERS: Schema = {
+    "members": int,
+    "accuracy": NUMBER,
+    "nll": NUMBER,
+    "ece": NUMBER,
+    "mean_member_accuracy": NUMBER,
+    "reliability": dict,
+}
+COST_SCHEMA: Schema = {"epochs": NUMBER, "epochs_ratio": NUMBER, "seconds_ratio": (*NUMBER, type(None))}
+
+
+def read_ensemble_record(path: str | Path) -> dict[str, Any]:
+    """ensemble.json (`anymask ensemble`): the ensemble's and each member's measurements and their cost."""
+    path = Path(path)
+    record = read_json_object(path, "ensemble.json", ENSEMBLE_SCHEMA)
+    check_entries(record["ensemble"], ENSEMBLE_NUMBERS, path, "ensemble.json", "its 'ensemble': ")
+    check_entries(record["cost"], COST_SCHEMA, path, "ensemble.json", "its 'cost': ")
+    check_entries(record["evaluated_on"], {"data": str}, path, "ensemble.json", "its 'evaluated_on': ")
+    if record["kind"] == "prune-and-tune":
+        check_entries(record, {"parent": dict, "settings": dict}, path, "ensemble.json")
+    if not record["members"]:
+        raise damaged(path, "ensemble.json", "it lists no members")
+    for number, member in enumerate(record["members"], 1):
+        check_entries(member, {}, path, "ensemble.json", f"member {number}: ")
+    return record
+
+
+def read_tracking_state(path: str | Path) -> dict[str, dict[str, Any]]:
+    """tracking.json of a run sent to trackers: tracker name -> what it has been sent (epochs, ids)."""
+    path = Path(path)
+    state = read_json_object(path, "tracking.json")
+    for name, entry in state.items():
+        check_entries(entry, {"epochs": int}, path, "tracking.json", f"tracker '{name}': ")
+        if entry["epochs"] < 0:
+            raise damaged(path, "tracking.json", f"tracker '{name}': its epochs count is negative")
+    return state
 
 
 # -- settings files (TOML, YAML, JSON) -----------------------------------------------------------------

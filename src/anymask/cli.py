@@ -229,7 +229,8 @@ def export_command(args: argparse.Namespace) -> int:
 
 @command("ensemble")
 def ensemble_command(args: argparse.Namespace) -> int:
-    from anymask.config import flat_settings, parse_file
+    from anymask.artifacts import damaged, read_settings_file
+    from anymask.config import flat_settings
     from anymask.ensembles.evaluate import evaluate_runs, summary_line
     from anymask.ensembles.prune_and_tune import ensemble_settings, prune_and_tune
 
@@ -251,9 +252,9 @@ def ensemble_command(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.config:  # ensemble settings, and run settings for the children (flat or in sections)
         path = Path(args.config)
-        table = parse_file(path) if path.is_file() else None
+        table = read_settings_file(path, "config file")
         if not isinstance(table, dict):
-            raise AnymaskError(f"config file not found or not a table of settings: {path}")
+            raise damaged(path, "config file", "it is not a table of settings")
         values = {k: v for k, v in table.items() if k in ENSEMBLE_FLAGS}
         rest = {k: v for k, v in table.items() if k not in ENSEMBLE_FLAGS}
         overrides = flat_settings(rest, f"config file {path}")

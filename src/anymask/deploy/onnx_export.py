@@ -86,8 +86,10 @@ def _check(runtime: object, path: Path, model: nn.Module, images: torch.Tensor) 
 def export_run_onnx(run_dir: str | Path, out: str | Path) -> OnnxResult:
     """`anymask export RUN_DIR --format onnx --out FILE`."""
     from anymask.deploy.run_folder import read_run
+    from anymask.io import check_output_file
 
     for module in ("onnx", "onnxruntime"):  # before reading the run: the missing extra is the problem
         _require(module)
+    check_output_file(out)  # where it goes can be written, before the run is read
     run = read_run(run_dir)
     return export_onnx_model(run.model(), run.spec.input_shape, out)

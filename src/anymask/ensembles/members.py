@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,14 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from anymask.config import RunConfig, load_run_config
+from anymask.config import RunConfig
 from anymask.data import ImageDataset, iterate_batches, load_dataset
 from anymask.ensembles.combine import predict_probabilities
 from anymask.errors import AnymaskError
 from anymask.masks import Mask
 from anymask.models import create_model
 from anymask.models.factory import is_factory_name
-from anymask.train.run import CONFIG, MASK, MODEL, SUMMARY
+from anymask.train.run import MASK, MODEL
 
 
 @dataclass(frozen=True)
@@ -39,36 +38,26 @@ class MemberRun:
             model = create_model(c.model, data.num_classes, data.input_shape, c.width)
         from anymask.train.checkpoint import load_weights
 
-        load_weights(model, self.weights)
+        load_weights(model, self.weights, MODEL)
         return model.to(device).eval()
 
     def mask(self, model: nn.Module) -> Mask:
         """The run's mask: its mask file, or its non-zero weights (committed small files hold no mask)."""
         if (self.folder / MASK).is_file():
-            return Mask.load(self.folder / MASK)
+            return Mask.load(self.folder / MASK, MASK)
         from anymask.ensembles.pruning import parent_mask
 
         return parent_mask(model, self.config.mask)
 
 
 def read_member(folder: str | Path) -> MemberRun:
-    """A finished run folder, or a one-line error saying what is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AnymaskError(f"run folder not found: {folder}")
-    for name in (CONFIG, SUMMARY, MODEL):
-        if not (folder / name).is_file():
-            hint = (
-                "the run has not finished; finish it with `anymask train --resume --out " + str(folder) + "`"
-            )
-            raise AnymaskError(
-                f"{folder} has no {name}: {hint if name != CONFIG else 'not an anymask run folder'}"
-            )
-    try:
-        config = load_run_config(folder / CONFIG)
-        summary = json.loads((folder / SUMMARY).read_text())
-    except Exception as error:
-        raise AnymaskError(f"cannot read the run in {folder}: {str(error).splitlines()[0][:200]}") from None
+    """A finished run folder (`anymask.finished_run`: every file decoded by its reader), or one line
+    saying what is missing or damaged."""
+    from anymask.finished_run import read_finished_run
+
+    run = read_finished_run(folder)
+    assert run.config is not None and run.summary is not None
+    config, summary, folder = run.config, run.summary, run.path
     if is_factory_name(config.model.model):
         raise AnymaskError(
             f"{folder} trained your model factory {config.model.model}: anymask does not import code a run "

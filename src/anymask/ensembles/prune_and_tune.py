@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anymask.bounds import bounded, bounds_of, check_setting
 from anymask.config import RunConfig
 from anymask.ensembles.evaluate import evaluate_ensemble, summary_line, training_cost, write_ensemble_json
 from anymask.ensembles.members import MemberRun, evaluation_data, read_member
 from anymask.ensembles.pruning import ANTI_RANDOM, anti_random_masks
 from anymask.errors import AnymaskError
+from anymask.experiments.engines.base import engine_bounds
 from anymask.io import check_output_folder
 from anymask.masks import METHODS, Mask, check_sparsity
 
@@ -53,36 +55,34 @@ PARENT_ONLY = ("model", "width", "init", "data")
 class EnsembleSettings:
     """How the children are made and tuned (`anymask ensemble --help`)."""
 
-    children: int = 6
+    children: int = bounded(6, low=1, high=1000)
     """Number of children (even for anti-random: pairs of exact complements)."""
     pruning: str = ANTI_RANDOM
     """'anti-random' (each pair splits what the parent keeps in half, exactly), or a mask method (random,
     magnitude, snip, synflow, erk, ...) at --sparsity, each child with its own seed."""
-    sparsity: float | None = None
+    sparsity: float | None = bounded(None, low=0, high=1, high_open=True)
     """Sparsity of each child under a mask method (anti-random children keep half of the parent's weights)."""
-    tune_epochs: int = 4
+    tune_epochs: int = bounded(4, low=1, high=100_000)
     """Tuning epochs per child."""
-    tune_lr: float = 0.1
+    tune_lr: float = bounded(0.1, low=0, high=1000, low_open=True)
     """Peak learning rate of the one-cycle tuning schedule."""
-    tune_warmup: float = 0.1
+    tune_warmup: float = bounded(0.1, low=0, high=1, low_open=True, high_open=True)
     """Fraction of the tuning spent rising to the peak (prune-and-tune's code: 0.1)."""
-    tune_start: float = 0.01
+    tune_start: float = bounded(0.01, low=0, high=1, low_open=True)
     """First learning rate as a fraction of the peak (prune-and-tune's code: 1/100)."""
     recipe: str = "default"
     """Recipe the children are tuned with (default, tost, or a list of parts such as gsn,ls)."""
     include_parent: bool = False
     """Count the parent as one more member of the ensemble."""
-    seed: int | None = None
+    seed: int | None = bounded(None, low=0, high=2**32 - 1)
     """Child i trains with seed + i (default: the parent's seed); it also draws anti-random pairs."""
 
     def check(self, parent: MemberRun) -> None:
         """Every setting checked against the parent before anything is written."""
         import anymask.masks.catalog  # noqa: F401  (registers every mask method)
 
-        if self.children < 1:
-            raise AnymaskError(f"--children must be 1 or more, got {self.children}")
-        if self.tune_epochs < 1:
-            raise AnymaskError(f"--tune-epochs must be 1 or more, got {self.tune_epochs}")
+        for key, bounds in ENSEMBLE_BOUNDS.items():  # each number within its declared range
+            check_setting(flag_name(key), getattr(self, key), bounds)
         if self.pruning == ANTI_RANDOM:
             if self.children % 2:
                 raise AnymaskError(
@@ -112,6 +112,13 @@ class EnsembleSettings:
             )
 
 
+ENSEMBLE_BOUNDS = bounds_of([EnsembleSettings])
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
 def ensemble_settings(values: dict[str, Any]) -> EnsembleSettings:
     """Settings from flat keys (a config file or flags; strings are converted to each field's type)."""
     types = typing.get_type_hints(EnsembleSettings)
@@ -120,6 +127,7 @@ def ensemble_settings(values: dict[str, Any]) -> EnsembleSettings:
         if key not in types:
             raise AnymaskError(f"unknown ensemble setting '{key}'; see `anymask ensemble --help`")
         converted[key] = _convert(key, types[key], value)
+        check_setting(flag_name(key), converted[key], ENSEMBLE_BOUNDS.get(key))
     return EnsembleSettings(**converted)
 
 
@@ -301,8 +309,7 @@ def prune_and_tune(
     check_overrides(overrides)
     checked = RunConfig().updated(overrides)  # unknown keys and bad values fail here, in one line
     overrides = {key: checked.get(key) for key in overrides}  # typed, as ensemble.json records them
-    if workers < 1:
-        raise AnymaskError(f"--workers must be at least 1, got {workers}")
+    check_setting("--workers", workers, engine_bounds()["workers"])
     check_output_folder(out)
     check_children(parent, settings, overrides, data_dir)
     plans = plan_children(parent, settings, out, overrides, data_dir)

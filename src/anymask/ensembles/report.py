@@ -9,7 +9,6 @@ gap closed, and reliability diagrams (parents, ensembles and deep ensembles, bin
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anymask.artifacts import read_ensemble_record
 from anymask.ensembles.calibration import ReliabilityBins
 from anymask.ensembles.evaluate import ENSEMBLE_JSON
 from anymask.errors import AnymaskError
@@ -49,12 +49,7 @@ def read_ensembles(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]
         path = Path(folder) / ENSEMBLE_JSON
         if not path.is_file():
             raise AnymaskError(f"{folder} holds no {ENSEMBLE_JSON}; make it with `anymask ensemble`")
-        try:
-            found.append((Path(folder), json.loads(path.read_text())))
-        except json.JSONDecodeError as error:
-            raise AnymaskError(
-                f"{path} is not valid JSON ({error.msg}); run `anymask ensemble` again"
-            ) from None
+        found.append((Path(folder), read_ensemble_record(path)))
     return found
 
 

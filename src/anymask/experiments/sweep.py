@@ -221,8 +221,10 @@ def run_sweep(
     `[engine]` table. Raises `AnymaskError` after the last run if any failed, so the command exits
     non-zero while the other runs still finished.
     """
+    flags = {k: v for k, v in engine_settings.items() if v is not None}
+    EngineSettings().updated(flags, "sweep", flags=True)  # what was typed is checked before the file
     sweep = load_sweep(path)
-    engine = engine_for(sweep, {k: v for k, v in engine_settings.items() if v is not None})
+    engine = engine_for(sweep, flags)
     out = out or sweep.out or Path("runs") / sweep.name
     check_output_folder(out)
     runs = sweep.plan(out)

@@ -69,8 +69,10 @@ class TrackingExtension(TrainerExtension):
         self.trackers: dict[str, Tracker] = {}
 
     def read_state(self) -> dict[str, dict[str, Any]]:
+        from anymask.artifacts import read_tracking_state
+
         path = self.folder / STATE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_tracking_state(path) if path.is_file() else {}
 
     def write_state(self) -> None:
         atomic_write_text(self.folder / STATE, json.dumps(self.state, indent=2) + "\n")

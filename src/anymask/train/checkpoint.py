@@ -40,22 +40,16 @@ def save_weights(model: nn.Module, path: Path, architecture: str | None = None) 
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Weights a run starts from (`init_weights`): a safetensors state dict (a run's model.safetensors)
-    that must fit the model exactly; anything else fails in one line."""
-    from safetensors.torch import load_file
+def load_weights(model: nn.Module, path: str | Path, kind: str = "init_weights") -> None:
+    """Weights a run starts from (`init_weights`) or an ensemble member's (`kind` "model.safetensors"): a
+    safetensors state dict (a run's model.safetensors) that must fit the model exactly; anything else
+    fails in one line."""
+    from anymask.artifacts import damaged, read_model_weights
 
-    from anymask.errors import AnymaskError
-
-    try:
-        state = load_file(str(path))
-    except Exception as error:
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        raise AnymaskError(f"cannot read init_weights {path} as safetensors: {reason}") from None
+    state = read_model_weights(path, kind).tensors  # damage: one line naming the file
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         reason = str(error).splitlines()[1].strip()[:200] if "\n" in str(error) else str(error)[:200]
-        raise AnymaskError(
-            f"init_weights {path} does not fit the model ({reason}); was it saved from another model?"
-        ) from None
+        problem = f"it does not fit the model ({reason}); was it saved from another model?"
+        raise damaged(path, kind, problem) from None

@@ -55,16 +55,21 @@ def init_world(device: str = "auto") -> World:
     return world
 
 
+def check_device_name(name: str) -> torch.device:
+    """The device a name such as 'cpu' or 'cuda:1' means, or one line for a name that is none."""
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AnymaskError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+
+
 def resolve_device(name: str, world: World) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             index = world.local_rank if world.distributed else torch.cuda.current_device()
             return torch.device("cuda", index)
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AnymaskError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    device = check_device_name(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AnymaskError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu or auto")
     if device.type == "cuda" and world.distributed:

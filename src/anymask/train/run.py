@@ -43,7 +43,14 @@ from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
 from anymask.recipe import Recipe, RecipeContext
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, save_weights
-from anymask.train.distributed import World, barrier, broadcast_object, init_world, resolve_device
+from anymask.train.distributed import (
+    World,
+    barrier,
+    broadcast_object,
+    check_device_name,
+    init_world,
+    resolve_device,
+)
 from anymask.train.lock import run_folder_lock
 from anymask.train.lr import SCHEDULES
 from anymask.train.summary import connectivity_summary, nonzero_count, summarize, training_cost
@@ -84,6 +91,8 @@ def validate(config: RunConfig) -> None:
         INITS.get(config.model.init)
     check_data_name(config.data.data)
     SCHEDULES.get(config.train.lr_schedule)
+    if config.train.device != "auto":
+        check_device_name(config.train.device)
     Recipe.from_config(config.recipe, config.train.epochs)  # each part checks its settings as it is built
     if method == "lth":
         _check_lottery_ticket(config)
