@@ -122,7 +122,11 @@ def numeric_keys() -> list[str]:
 def typing_origin(key: str) -> Any:
     import typing
 
-    return typing.get_origin(field_types()[key])
+    hint = field_types()[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is not list and len(args) == 1:  # Optional[X] (X | None): X's origin
+        hint = args[0]
+    return typing.get_origin(hint)
 
 
 def setting_damaged(data: bytes) -> st.SearchStrategy[bytes]:
