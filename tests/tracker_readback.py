@@ -25,20 +25,32 @@ def tracker_env(root: Path) -> dict[str, str]:
     }
 
 
+def tensorboard_events(folder: Path, plugin: str) -> dict[str, list[Any]]:
+    """Tag -> its events of one kind (`scalars`, `text`), as the TensorBoard app loads them: its plugin
+    event accumulator, which applies purges to every kind (the older EventAccumulator keeps texts)."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
+    return {
+        tag: events.Tensors(tag)
+        for tag in events.Tags()["tensors"]
+        if events.SummaryMetadata(tag).plugin_data.plugin_name == plugin
+    }
+
+
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """Tag -> (step, value) in step order, as TensorBoard shows them (purged events dropped)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
 
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0}).Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {
+        tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in found]
+        for tag, found in tensorboard_events(folder, "scalars").items()
+    }
 
 
 def tensorboard_texts(folder: Path) -> dict[str, list[int]]:
-    """Text tag -> the steps it was written at."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
-    return {tag: [e.step for e in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
+    """Text tag -> the steps it was written at, as TensorBoard shows them (purged events dropped)."""
+    return {tag: [e.step for e in found] for tag, found in tensorboard_events(folder, "text").items()}
 
 
 def offline_files(run_folder: Path, folders: list[Path] | None = None) -> list[Path]:

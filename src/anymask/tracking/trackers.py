@@ -74,7 +74,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 class TensorBoardTracker(Tracker):
     """Event files in `<run folder>/tensorboard`: `tensorboard --logdir <sweep folder>` shows every run.
     A resumed run purges the events at or past its first epoch (all of them if the start was not
-    recorded as sent), so an epoch written twice appears once; and it reads back whether the summary
+    recorded as sent), so an event written twice appears once; and it reads back whether the summary
     arrived before the kill."""
 
     module, extra = "tensorboard", "tensorboard"
@@ -86,17 +86,22 @@ class TensorBoardTracker(Tracker):
 
         folder = run.folder / "tensorboard"
         earlier = any(folder.glob("events.out.tfevents.*"))
-        if earlier and not run.state.get("summary") and self._holds_summary(folder):
+        # Every writer starts a session at its purge step: a resumed one at its first epoch (0 if the
+        # start was not recorded as sent), purging what the killed process wrote from there on; a new
+        # one at 0, purging nothing, so that a later session counts as a restart for every reader.
+        purge = run.first_epoch if earlier and run.state.get("started") else 0
+        if purge and not run.state.get("summary") and self._holds_summary(folder, before=purge):
             run.state["summary"] = True  # sent, then killed before tracking.json recorded it
-        purge = (run.first_epoch if run.state.get("started") else 0) if earlier else None
         self.writer = SummaryWriter(str(folder), purge_step=purge)
 
     @staticmethod
-    def _holds_summary(folder: Path) -> bool:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    def _holds_summary(folder: Path, before: int) -> bool:
+        """Whether the event files hold the summary text at a step the purge keeps."""
+        from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
-        return "summary/text_summary" in events.Tags()["tensors"]
+        tag = "summary/text_summary"
+        return tag in events.Tags()["tensors"] and any(e.step < before for e in events.Tensors(tag))
 
     def start(self, layers: list[dict[str, Any]]) -> None:
         config = "\n".join(f"    {key} = {value!r}" for key, value in self.run.config.items())
