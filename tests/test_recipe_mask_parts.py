@@ -155,8 +155,8 @@ def test_fold_branch_weights_stay_inside_the_mask_while_training() -> None:
 
 
 def test_fold_at_the_ghost_end_happens_during_training_and_at_end_after_the_last_epoch() -> None:
-    ghost = Recipe.from_config(run_config("fold", ghost_epochs=2).recipe, EPOCHS).parts[0]
-    end = Recipe.from_config(run_config("fold", fold_at="end").recipe, EPOCHS).parts[0]
+    ghost = Recipe.from_config(run_config("fold", ghost_epochs=2, fold_at="ghost").recipe, EPOCHS).parts[0]
+    end = Recipe.from_config(run_config("fold", ghost_epochs=2).recipe, EPOCHS).parts[0]  # the default
     assert ghost.ghost_end() == 2 and end.ghost_end() == EPOCHS
 
 
