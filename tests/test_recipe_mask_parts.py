@@ -155,8 +155,8 @@ def test_fold_branch_weights_stay_inside_the_mask_while_training() -> None:
 
 
 def test_fold_at_the_ghost_end_happens_during_training_and_at_end_after_the_last_epoch() -> None:
-    ghost = Recipe.from_config(run_config("fold", ghost_epochs=2).recipe, EPOCHS).parts[0]
-    end = Recipe.from_config(run_config("fold", fold_at="end").recipe, EPOCHS).parts[0]
+    ghost = Recipe.from_config(run_config("fold", ghost_epochs=2, fold_at="ghost").recipe, EPOCHS).parts[0]
+    end = Recipe.from_config(run_config("fold", ghost_epochs=2).recipe, EPOCHS).parts[0]  # the default
     assert ghost.ghost_end() == 2 and end.ghost_end() == EPOCHS
 
 
@@ -289,6 +289,23 @@ def test_kd_weight_zero_is_the_plain_loss(tmp_path: Path, dense_teacher: Path) -
     )
     expected, actual = (load_file(r.out_dir / "model.safetensors") for r in (plain, kd))
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_kd_fold_preset_is_fold_and_kd_ending_at_exactly_the_mask(tmp_path: Path, dense_teacher: Path) -> None:
+    base = {"mask_method": "erk", "sparsity": 0.9, "epochs": 2, "teacher": str(dense_teacher)}
+    preset = run_experiment(quick_config(**base, recipe="kd-fold"), tmp_path / "preset")
+    parts = run_experiment(quick_config(**base, recipe="kd,fold"), tmp_path / "parts")
+    expected, actual = (load_file(r.out_dir / "model.safetensors") for r in (parts, preset))
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    # the branches lived the whole run (fold_at defaults to "end") and were folded exactly
+    assert preset.summary["fold_max_logit_change"] < 1e-4
+    assert preset.summary["nonzero_weights"] <= preset.summary["mask_kept"]
+    create_model("cnn", 10, (1, 8, 8)).load_state_dict(actual, strict=True)
+    mask = Mask.load(preset.out_dir / "mask.safetensors")
+    for name, kept in mask.items():
+        assert torch.all(actual[name][~kept] == 0)
+    with pytest.raises(AnymaskError, match="needs a teacher"):
+        run_experiment(quick_config(mask_method="erk", sparsity=0.9, recipe="kd-fold"), tmp_path / "r")
 
 
 @pytest.mark.parametrize(

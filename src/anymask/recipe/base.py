@@ -137,6 +137,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "tost": ("gsn", "gsc", "lrsi", "ls"),
     # What the official ToST code does: smooth activations and dense skip branches kept for good.
     "tost-official": ("smooth", "dense-skips", "lrsi", "ls"),
+    # Chosen on validation to train a fixed mask better at exactly its weights (docs/results.md, issue 22):
+    # folded conv+BN branches for the whole run, and a dense teacher's outputs (needs --teacher).
+    "kd-fold": ("fold", "kd"),
 }
 # Parts run in this order whatever order --recipe lists them in: what changes the network comes before
 # GradInit, so its scales fit the network that trains.
@@ -145,7 +148,7 @@ EXCLUSIVE = {("gsn", "smooth"): "both replace every ReLU module"}
 
 
 def parse_recipe(spec: str) -> tuple[str, ...]:
-    """A preset ('default', 'tost', 'tost-official') or a comma list of parts ('gsn,ls') -> part names in
+    """A preset ('default', 'tost', 'tost-official', 'kd-fold') or a comma list of parts ('gsn,ls') -> part names in
     canonical order."""
     import anymask.recipe.parts  # noqa: F401  (registers the parts)
 

@@ -15,8 +15,8 @@ from anymask.bounds import bounded
 class RecipeConfig:
     recipe: str = "default"
     """'default' (dense protocol), 'tost' (gsn, gsc, lrsi, ls), 'tost-official' (the official code's variant:
-    smooth, dense-skips, lrsi, ls; the trained model is not the plain architecture) or a comma list such as
-    'gsn,ls'."""
+    smooth, dense-skips, lrsi, ls; the trained model is not the plain architecture), 'kd-fold' (fold, kd:
+    train a fixed mask better at exactly its weights; needs teacher) or a comma list such as 'gsn,ls'."""
     ghost_epochs: float | None = bounded(None, low=0, high=100_000)
     """Length of the ghost phase in epochs, after which gsn and gsc are removed (default: 25% of the run)."""
     ghost_schedule: str = "cosine"
@@ -53,9 +53,9 @@ class RecipeConfig:
     """Ghost weights: 'fade' scales the weights outside the mask by the ghost schedule's factor, to exactly 0
     at the cut; 'relative' squeezes each unit's share of its weight norm outside the mask (scale-free);
     'absolute' the plain L2 norm outside the mask (DLTH). gw_lambda sets the two squeezes' strength."""
-    fold_at: str = "ghost"
-    """Folding branches: fold at the end of the ghost phase ('ghost') or only after the last epoch ('end',
-    as RepVGG: the branches train all run)."""
+    fold_at: str = "end"
+    """Folding branches: fold only after the last epoch ('end', as RepVGG: the branches train all run) or at
+    the end of the ghost phase ('ghost', 3.65 points behind 'end' in the validation search)."""
     fold_branches: str = "kxk,1x1"
     """Folding branches per masked conv: 'kxk' (a second conv under the same mask), '1x1' (on the centre
     taps the mask keeps), or both, comma-separated."""

@@ -93,6 +93,7 @@ class TrackingExtension(TrainerExtension):
                 state,
                 first_epoch=state["epochs"] + 1,
                 resumed="started" in state,
+                save=self.write_state,
             )
             self.trackers[tracker] = open_tracker(tracker, run)
         self.write_state()  # ids to reconnect to, before anything is sent

@@ -12,12 +12,14 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from anymask.extras import require
 from anymask.registry import Registry
+from anymask.tracking.wandb_files import SUMMARY_PREFIX, Held, held_offline, held_online, set_aside_empty
 
 
 @dataclass
@@ -33,6 +35,7 @@ class TrackedRun:
     state: dict[str, Any]
     first_epoch: int
     resumed: bool
+    save: Callable[[], None] = lambda: None  # writes tracking.json (all trackers' state) now
 
 
 class Tracker:
@@ -70,7 +73,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 @TRACKERS.register("tensorboard")
 class TensorBoardTracker(Tracker):
     """Event files in `<run folder>/tensorboard`: `tensorboard --logdir <sweep folder>` shows every run.
-    A resumed run purges any event at or past its first epoch, so an epoch sent twice appears once."""
+    A resumed run purges the events at or past its first epoch (all of them if the start was not
+    recorded as sent), so an event written twice appears once; and it reads back whether the summary
+    arrived before the kill."""
 
     module, extra = "tensorboard", "tensorboard"
 
@@ -79,8 +84,24 @@ class TensorBoardTracker(Tracker):
         require("tensorboard", self.extra, "--log tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        purge = run.first_epoch if run.resumed else None
-        self.writer = SummaryWriter(str(run.folder / "tensorboard"), purge_step=purge)
+        folder = run.folder / "tensorboard"
+        earlier = any(folder.glob("events.out.tfevents.*"))
+        # Every writer starts a session at its purge step: a resumed one at its first epoch (0 if the
+        # start was not recorded as sent), purging what the killed process wrote from there on; a new
+        # one at 0, purging nothing, so that a later session counts as a restart for every reader.
+        purge = run.first_epoch if earlier and run.state.get("started") else 0
+        if purge and not run.state.get("summary") and self._holds_summary(folder, before=purge):
+            run.state["summary"] = True  # sent, then killed before tracking.json recorded it
+        self.writer = SummaryWriter(str(folder), purge_step=purge)
+
+    @staticmethod
+    def _holds_summary(folder: Path, before: int) -> bool:
+        """Whether the event files hold the summary text at a step the purge keeps."""
+        from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
+        tag = "summary/text_summary"
+        return tag in events.Tags()["tensors"] and any(e.step < before for e in events.Tensors(tag))
 
     def start(self, layers: list[dict[str, Any]]) -> None:
         config = "\n".join(f"    {key} = {value!r}" for key, value in self.run.config.items())
@@ -106,14 +127,30 @@ class TensorBoardTracker(Tracker):
 @TRACKERS.register("wandb")
 class WandbTracker(Tracker):
     """A W&B run per run folder, its id kept in tracking.json so a resumed run continues it. Honours the
-    usual WANDB_* variables (WANDB_MODE=offline writes `<run folder>/wandb/offline-run-*`)."""
+    usual WANDB_* variables (WANDB_MODE=offline writes `<run folder>/wandb/offline-run-*`).
+
+    Epoch N is logged at W&B step N (the mask table at step 0), so the steps of every process are one
+    increasing sequence: a resumed online run continues the server's, and `wandb sync` of a run's
+    offline folders puts them one after the other. A resumed run asks W&B what it holds
+    (`wandb_files`) and corrects its tracking.json entry to match before anything is sent: the epochs
+    a SIGKILL took from W&B's service are sent again, and none twice."""
 
     module, extra = "wandb", "wandb"
+    FLUSH_SECONDS = 0.1  # the service writes the .wandb file this often (W&B's default: 15 s)
+    FLUSH_VARIABLE = "WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"  # the user's own choice wins
 
     def __init__(self, run: TrackedRun) -> None:
         super().__init__(run)
         wandb = require("wandb", self.extra, "--log wandb")
-        run.state.setdefault("id", secrets.token_hex(8))
+        continued = "id" in run.state
+        if not continued:
+            run.state["id"] = secrets.token_hex(8)
+            run.save()  # the id, before W&B writes anything under it
+        earlier = held_offline(run.folder / "wandb", run.state["id"])  # before init adds a folder
+        set_aside_empty(run.folder / "wandb", run.state["id"])  # so `wandb sync` takes the rest
+        flush = {"x_transaction_log_flush_interval": self.FLUSH_SECONDS}
+        if self.FLUSH_VARIABLE in os.environ:
+            flush = {}
         self.wandb = wandb
         self.handle = wandb.init(
             project=run.project,
@@ -123,23 +160,37 @@ class WandbTracker(Tracker):
             config=run.config,
             resume="allow",
             reinit="finish_previous",  # a sweep worker's previous run, if it ended by an error
+            settings=wandb.Settings(**flush),
         )
         self.handle.define_metric("*", step_metric="epoch")
+        if continued:
+            self.match(earlier if self.handle.offline else held_online(self.handle))
+
+    def match(self, held: Held) -> None:
+        """tracking.json says what this W&B run holds: the extension then sends exactly the rest."""
+        state = self.run.state
+        state["epochs"] = held.last_epoch
+        for key, present in (("started", 0 in held.epochs), ("summary", held.summary)):
+            if present:
+                state[key] = True
+            else:
+                state.pop(key, None)
 
     def start(self, layers: list[dict[str, Any]]) -> None:
         table = self.wandb.Table(columns=list(layers[0]), data=[list(row.values()) for row in layers])
-        self.handle.log({"mask/layers": table, "epoch": 0})
+        self.handle.log({"mask/layers": table, "epoch": 0}, step=0, commit=True)
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.handle.log({**metrics, "epoch": epoch})
+        self.handle.log({**metrics, "epoch": epoch}, step=epoch, commit=True)
 
     def summary(self, summary: dict[str, Any], epoch: int) -> None:
-        self.handle.summary.update({f"final/{key}": value for key, value in summary.items()})
+        self.handle.summary.update({f"{SUMMARY_PREFIX}{key}": value for key, value in summary.items()})
 
     def flush(self) -> None:
         # log() only queues a record for W&B's service process; reading the summary is a round trip
         # through the same ordered channel, so the service holds the epoch before it is recorded as
-        # sent. (If this process is SIGKILLed, the service still drops what it had not written yet.)
+        # sent, and writes it to the .wandb file within FLUSH_SECONDS. (W&B has no call that writes
+        # it now; what a SIGKILL takes before that is sent again on resume, see `match`.)
         self.handle.summary.keys()
 
     def close(self) -> None:
