@@ -222,11 +222,9 @@ class Trainer:
         self, images: torch.Tensor, labels: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step, as a user's loop takes it: the recipe's loss, backward, the optimizer's step
-        (its hooks run the extensions, then the mask enforcer), then `SparseTraining.step`."""
-        if step != self.sparse.step_count:
-            raise AnymaskError(
-                f"train_step({step}) out of order: the schedules stand at step {self.sparse.step_count}"
-            )
+        (its hooks run the extensions, then the mask enforcer), then `SparseTraining.step`. `step` sets
+        the learning rate; the recipe's and DST's schedules follow SparseTraining's own step count, which
+        is `step` when the steps come in order (as `train_epoch` takes them)."""
         lr = lr_at(step, self.total_steps, self.train_config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
