@@ -288,7 +288,7 @@ class SparseTraining:
             if group.get("ghost"):
                 group["lr"] = lr
         for extension in self.extensions:
-            extension.after_backward(self.step_count, None)  # type: ignore[arg-type]
+            extension.after_backward(self.step_count, None)
         if not self.optimizer_hooks:
             self.enforcer.zero_gradients()
 

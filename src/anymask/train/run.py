@@ -376,7 +376,7 @@ class _Run:
             self.epoch_saved(trainer, history)
         self.train(trainer, history, start_step)
         sparse.finish()  # ghosts gone (if any were left), the final mask written by DST
-        return self.finish(trainer, history)
+        return self.finish(trainer, trainer.mask, history)  # under DST: the final mask
 
     def sparse_training(self) -> SparseTraining:
         """The run's mask, recipe and DST, as a user's loop would hold them (anymask.sparse_training)."""
@@ -451,8 +451,7 @@ class _Run:
             record.update(extension.epoch_metrics(epoch))
         return record
 
-    def finish(self, trainer: Trainer, history: list[dict[str, Any]]) -> RunResult:
-        mask = trainer.mask  # under DST: the final one
+    def finish(self, trainer: Trainer, mask: Mask, history: list[dict[str, Any]]) -> RunResult:
         # Permanent parts (tost-official) leave a model that is not the plain architecture: say so.
         architecture = trainer.recipe.architecture()
         summary = {**summarize(self.config, mask, history, trainer.model), **architecture}
