@@ -52,6 +52,7 @@ CASES: dict[str, dict[str, Any]] = {
     "fold-ghost": {**SPARSE, "recipe": "gsn,fold", "fold_at": "ghost", "ghost_epochs": 2.0},
     "fold-end": {**SPARSE, "recipe": "fold", "fold_at": "end"},
     "kd": {**SPARSE, "recipe": "kd,ls", "teacher": str(TEACHER)},
+    "kd-fold": {**SPARSE, "recipe": "kd-fold", "teacher": str(TEACHER)},
     "sparse-init": {**SPARSE, "recipe": "sparse-init"},
     "masked-wd": {**SPARSE, "masked_weight_decay": 0.0, "weight_decay": 5e-3},
     "set": {**SPARSE, **DST, "dst": "set"},
