@@ -32,11 +32,10 @@ import torch
 from _common import Summary, cifar_or_synthetic, interleaved, machine, paired_ratio
 
 from anymask.config import RunConfig
-from anymask.data import ImageDataset
-from anymask.dst.extension import DstKind
-from anymask.extensions import ExtensionContext
+from anymask.data import ImageDataset, num_batches
 from anymask.masks import MaskConfig, make_mask
 from anymask.models import create_model
+from anymask.sparse_training import SparseTraining
 from anymask.train import Trainer
 
 METHODS = ("set", "rigl")
@@ -60,15 +59,14 @@ def trainer_with(method: str, base: torch.nn.Module, data: ImageDataset, config:
     """A trainer for a copy of `base` with an ERK mask, and DST `method` attached ('none': static)."""
     model = copy.deepcopy(base)
     mask = make_mask(model, MaskConfig(mask_method="erk", sparsity=config.mask.sparsity), seed=0)
-    mask.apply(model)
-    config = config.updated({"dst": method})
-    trainer = Trainer(model, data, config, mask=mask, device=config.train.device)
-    context = ExtensionContext(
-        config, model, mask, trainer.optimizer, trainer.enforcer, trainer.total_steps, trainer.steps_per_epoch
+    config = config.updated({"dst": method, "mask_method": "erk"})
+    sparse = SparseTraining(  # DST as `anymask train` runs it: an extension of SparseTraining
+        config=config,
+        epochs=config.train.epochs,
+        steps_per_epoch=num_batches(data.split_size("train"), config.train.batch_size, False),
+        batches=data,
     )
-    extension = DstKind().create(context)
-    trainer.extensions = [extension] if extension is not None else []
-    return trainer
+    return Trainer(model, data, config, mask=mask, sparse=sparse, device=config.train.device)
 
 
 def main() -> None:

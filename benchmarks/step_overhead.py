@@ -32,11 +32,10 @@ from _common import Summary, cifar_or_synthetic, interleaved, machine, paired_ra
 from torch import nn
 
 from anymask.config import RunConfig
-from anymask.data import ImageDataset
+from anymask.data import ImageDataset, num_batches
 from anymask.masks import MaskConfig, MaskEnforcer, make_mask
 from anymask.models import create_model
-from anymask.recipe import Recipe, RecipeContext
-from anymask.recipe.config import RecipeConfig
+from anymask.sparse_training import SparseTraining
 from anymask.train import Trainer
 
 HEAVY = {"resnet18"}  # about 10x ResNet-20's step on CPU: fewer rounds there (--heavy-rounds)
@@ -97,10 +96,14 @@ def step_cases(
     optimizer = torch.optim.SGD(dense.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     masked = Trainer(copy.deepcopy(base), data, config, mask=mask, device=device)
     ghost_model = copy.deepcopy(base)
-    mask.apply(ghost_model)
-    recipe = Recipe.from_config(RecipeConfig(recipe="gsn,gsc"), c.epochs)
-    recipe.prepare(RecipeContext(ghost_model, mask, data, config, device, False, 0.0, c.channels_last))
-    ghost = Trainer(ghost_model, data, config, mask=mask, recipe=recipe, device=device)
+    sparse = SparseTraining(
+        config=config.updated({"recipe": "gsn,gsc"}),
+        epochs=c.epochs,
+        steps_per_epoch=num_batches(data.split_size("train"), c.batch_size, False),
+        batches=data,
+        channels_last=c.channels_last,
+    )
+    ghost = Trainer(ghost_model, data, config, mask=mask, sparse=sparse, device=device)
     images, labels = next(masked.batches(0))
     amp = c.amp and device.type == "cuda"
     cases = {  # step 0 of 10 epochs: well inside the ghost phase (its first quarter)

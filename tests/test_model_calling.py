@@ -17,13 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from anymask import SparseTraining
 from anymask.config import RunConfig
 from anymask.data import load_dataset
 from anymask.errors import AnymaskError
 from anymask.masks import MaskConfig, make_mask
 from anymask.models import ModelCall, create_model, model_logits
 from anymask.models.calling import image_keyword, logits_from
-from anymask.recipe import Recipe, RecipeContext
 from anymask.train.trainer import Trainer
 
 LOGITS = torch.arange(6.0).reshape(2, 3)
@@ -165,9 +165,8 @@ def test_training_evaluation_and_gradinit_match_the_plain_model(digits: object) 
     results = []
     for model in twins():
         config = quick_config("lrsi")
-        recipe = Recipe.from_config(config.recipe, 2)
-        recipe.prepare(RecipeContext(model, None, digits, config, torch.device("cpu"), False, 0.0))
-        trainer = Trainer(model, digits, config, recipe=recipe)
+        sparse = SparseTraining(config=config, epochs=2, steps_per_epoch=4, batches=digits)
+        trainer = Trainer(model, digits, config, sparse=sparse)
         stats = trainer.train_epoch(0)
         with trainer.recalibrated_norms(0, 2):
             recalibrated = trainer.evaluate("test")

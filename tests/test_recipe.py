@@ -367,13 +367,16 @@ def test_gsc_learned_branches_start_as_a_no_op() -> None:
 
 def test_learned_branches_sync_their_batchnorm_under_ddp(monkeypatch: pytest.MonkeyPatch, digits) -> None:
     """The branches live outside the model, so DDP's conversion of the model's BN must reach them too."""
+    from anymask import SparseTraining
     from anymask.train import trainer as trainer_module
     from anymask.train.distributed import SyncBatchNorm2d, World
 
     monkeypatch.setattr(trainer_module, "DistributedDataParallel", lambda model, device_ids=None: model)
     model = create_model("cnn", 10, (1, 8, 8))
-    recipe = prepared(model, "gsc", gsc_mode="learned")
-    trainer_module.Trainer(model, digits, run_config("gsc"), recipe=recipe, world=World(0, 0, 2))
+    config = run_config("gsc", gsc_mode="learned")
+    sparse = SparseTraining(config=config, epochs=EPOCHS, steps_per_epoch=4, batches=digits)
+    trainer_module.Trainer(model, digits, config, sparse=sparse, world=World(0, 0, 2))
+    recipe = sparse.recipe
     norms = [m for branch in recipe.modules() for m in branch.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(type(m) is SyncBatchNorm2d for m in norms)
 

@@ -314,6 +314,35 @@ def test_a_setting_only_some_runs_read_does_not_split_their_baseline(tmp_path: P
     assert ("ghost_epochs=2.0", "lth", "default") in gains
 
 
+def test_a_run_joins_only_tables_that_fix_every_setting_it_reads(tmp_path: Path) -> None:
+    """Two kd runs at different temperatures on one seed never average as two seeds: the fold table, which
+    says nothing of the temperature, holds neither, and each temperature has its own table."""
+    root = tmp_path / "runs"
+    make_run(root, "erk", 0.98, "default", 0, 0.60, 0.60)
+    make_run(root, "erk", 0.98, "fold", 0, 0.57, 0.57, fold_at="ghost")
+    make_run(root, "erk", 0.98, "kd", 0, 0.62, 0.62, teacher="t", kd_temperature=4.0)
+    make_run(root, "erk", 0.98, "kd", 0, 0.64, 0.64, teacher="t", kd_temperature=2.0)
+    write_report([root], tmp_path / "report")
+    rows = read_csv(tmp_path / "report" / "results.csv")
+    kd = {r["setting"]: r for r in rows if r["recipe"] == "kd"}
+    assert {s: r["n"] for s, r in kd.items()} == {"kd_temperature=4.0": "1", "kd_temperature=2.0": "1"}
+    assert float(kd["kd_temperature=2.0"]["final_gain"]) == pytest.approx(0.04)
+
+
+def test_each_seeds_own_teacher_is_one_arm_and_two_teachers_of_one_seed_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        make_run(root, "erk", 0.98, "default", seed, 0.60, 0.60)
+        make_run(root, "erk", 0.98, "kd", seed, 0.63 + seed / 100, 0.63, teacher=f"teacher{seed}")
+    write_report([root], tmp_path / "report")
+    kd = [r for r in read_csv(tmp_path / "report" / "results.csv") if r["recipe"] == "kd"]
+    assert [(r["n"], r["gain_seeds"]) for r in kd] == [("2", "2")]
+    assert float(kd[0]["final_gain"]) == pytest.approx(0.035)
+    make_run(root, "erk", 0.98, "kd", 0, 0.50, 0.50, teacher="another")
+    with pytest.raises(AnymaskError, match="share seed 0 .* differ in teacher"):
+        write_report([root], tmp_path / "report2")
+
+
 def test_only_keeps_the_runs_asked_for_and_their_baseline(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     make_run(root, "snip", 0.9, "default", 0, 0.80, 0.80)

@@ -14,6 +14,7 @@ import anymask
 from anymask.config import RunConfig
 from anymask.data import ImageDataset, load_dataset, num_batches, shuffled_train_batches
 from anymask.errors import AnymaskError
+from anymask.masks import Mask
 from anymask.models import create_model
 from anymask.train.lr import lr_at
 from anymask.train.trainer import epoch_generator
@@ -57,13 +58,15 @@ def plain_loop(
     *,
     stop_after: int | None = None,
     resume: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, anymask.SparseTraining, dict[str, Any] | None]:
     """A user's loop, written against the object, fed `anymask train`'s batches and learning rates.
-    Stops after `stop_after` steps with a checkpoint; `resume` continues from one."""
-    config = RunConfig.from_flat({**RUN, **settings})
+    Stops after `stop_after` steps with a checkpoint; `resume` continues from one. `run`: model settings
+    over RUN's."""
+    config = RunConfig.from_flat({**RUN, **(run or {}), **settings})
     spe = num_batches(data.split_size("train"), config.train.batch_size, False)
     torch.manual_seed(config.train.seed)
-    model = create_model("cnn", data.num_classes, data.input_shape, 0.5)
+    model = create_model(config.model.model, data.num_classes, data.input_shape, config.model.width)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     st = anymask.SparseTraining(epochs=config.train.epochs, steps_per_epoch=spe, batches=data, **settings)
     if resume is not None:
@@ -119,6 +122,42 @@ def test_a_plain_loop_ends_with_anymask_trains_weights(
     assert summary["mask_kept"] == result.summary["mask_kept"]
     assert summary["dst_updates"] == result.summary["dst_updates"] > 0
     assert summary["itop_rate"] == result.summary["itop_rate"]
+
+
+ARMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # (SparseTraining settings, model settings)
+    "default": ({"mask_method": "random", "sparsity": 0.9, "seed": 0}, {}),
+    "tost": ({**SETTINGS, "dst": "none"}, {}),
+    "rigl": ({"mask_method": "erk", "sparsity": 0.9, "dst": "rigl", "dst_interval": 4, "seed": 0}, {}),
+    "set-gsn-ls": ({"mask_method": "erk", "sparsity": 0.9, "recipe": "gsn,ls", "dst": "set", "seed": 0}, {}),
+    # The official variant's dense skip branches join the model: the optimizer must train them too.
+    "tost-official": (
+        {
+            "mask_method": "erk",
+            "sparsity": 0.9,
+            "recipe": "tost-official",
+            "gradinit_iterations": 2,
+            "seed": 0,
+        },
+        {"model": "resnet20", "width": 0.25},
+    ),
+}
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_each_arm_of_a_plain_loop_equals_anymask_train(
+    digits: ImageDataset, arm: str, tmp_path: Path
+) -> None:
+    """The same batches through a user's loop and through `anymask train` (whose trainer is built on
+    SparseTraining): the same weights, bit for bit, and the same final mask."""
+    from anymask.train import run_experiment
+
+    settings, run = ARMS[arm]
+    model, st, _ = plain_loop(digits, settings, run=run)
+    config = RunConfig.from_flat({**RUN, **run, **settings})
+    run_experiment(config, tmp_path / "run", data=digits)
+    assert_same_weights(load_file(tmp_path / "run" / "model.safetensors"), model.state_dict())
+    final_mask = Mask.load(tmp_path / "run" / "mask.safetensors")
+    assert st.mask is not None and all(torch.equal(final_mask[n], st.mask[n].cpu()) for n in final_mask)
 
 
 @pytest.mark.parametrize("stop_after", [5, 12])  # in the ghost phase (8 steps an epoch), and after it

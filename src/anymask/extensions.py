@@ -1,7 +1,9 @@
 """Trainer extensions: features that act during training without the trainer knowing them.
 
-The trainer calls a few hooks on every extension it holds (`after_backward` each step, `state_dict` and
-`load_state_dict` with its checkpoint); the run pipeline (`anymask.train.run`) asks each registered kind
+`SparseTraining` (anymask/sparse_training.py, which `anymask train`'s trainer and users' loops drive)
+builds the extensions and calls a few hooks on each (`after_backward` each step, from its optimizer
+pre-hook; `state_dict` and `load_state_dict` with its state, which the trainer's checkpoint holds); the
+run pipeline (`anymask.train.run`) asks each registered kind
 to check a config before anything is written and to build its extension for a run, then collects the
 extensions' metrics, summary entries and files, and hands them each saved epoch and the summary
 (`epoch_saved`, `summarized`: a metrics sink). A package adds a kind with
@@ -44,9 +46,10 @@ class TrainerExtension:
     def start(self) -> None:
         """Called once when a run begins (not when it resumes), before the first step."""
 
-    def after_backward(self, step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def after_backward(self, step: int, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """After the backward pass of step `step` (0-based) and before the optimizer step. Gradients are
-        the batch's full ones (averaged over ranks under DDP): pruned weights' are not zeroed yet."""
+        the batch's full ones (averaged over ranks under DDP): pruned weights' are not zeroed yet.
+        `batch` is None: the hook runs inside `optimizer.step()`, which does not see the batch."""
 
     def epoch_metrics(self, epoch: int) -> dict[str, Any]:
         """Entries for the metrics line of epoch `epoch` (0-based), just trained."""

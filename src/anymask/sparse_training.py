@@ -10,10 +10,13 @@
             st.step()                       # schedules, ghost removal; DST ran inside optimizer.step()
     model = st.finish(model)                # the plain architecture holding exactly the mask's weights
 
-It is the pieces `anymask train` uses, in the same order: `make_mask`, `Recipe.prepare`, a
-`MaskEnforcer` on the optimizer, the registered trainer extensions (dynamic sparse training) and the
-recipe's schedules advanced once per step. Settings take the names `anymask train` gives them
-(`mask_method`, `sparsity`, `recipe`, `gradinit_iterations`, `dst`, `dst_interval`, `seed`, ...).
+`anymask train` is built on it: its `Trainer` (anymask.train.trainer) keeps the loop, evaluation and
+checkpoints and hands the mask, the recipe and DST to this object (`config=` the run's whole config), so
+the command and a user's loop are one code path and end with the same weights on the same batches
+(tests/test_sparse_training_equivalence.py). Inside: `make_mask`, `Recipe.prepare`, a `MaskEnforcer` on
+the optimizer, the registered trainer extensions (dynamic sparse training) and the recipe's schedules
+advanced once per step. Settings take the names `anymask train` gives them (`mask_method`, `sparsity`,
+`recipe`, `gradinit_iterations`, `dst`, `dst_interval`, `seed`, ...).
 
 Two hooks go on the optimizer, in this order: before each step the extensions run (RigL reads the dense
 gradient) and the ghost group takes the first group's learning rate (so any LR scheduler drives it
@@ -31,6 +34,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.hooks import RemovableHandle
 
 from anymask.config import SECTIONS, RunConfig, section_of
@@ -68,6 +72,10 @@ class SparseTraining:
     optimizer_hooks: run the pre-step work (DST, pruned gradients zeroed) in a hook on `optimizer.step()`
     (True), or leave it to whoever calls `before_optimizer_step()` after the backward pass (False: for
     trainers that compute the gradients inside `optimizer.step(closure)`, as Lightning does).
+    config: a whole `RunConfig` to read every setting from (as `anymask train` does: the recipe's parts
+    then also see its training settings); keyword settings, if any, override it.
+    out_dir: a run folder the recipe and the extensions may write to (GradInit's scales, DST's masks).
+    channels_last: whether the model trains in channels_last (None: read from its first conv weight).
     """
 
     def __init__(
@@ -80,6 +88,9 @@ class SparseTraining:
         output_fn: OutputFn | None = None,
         ghost_group: bool = True,
         optimizer_hooks: bool = True,
+        config: RunConfig | None = None,
+        out_dir: str | Path | None = None,
+        channels_last: bool | None = None,
         **settings: Any,
     ) -> None:
         if isinstance(mask, str | Path):
@@ -87,8 +98,10 @@ class SparseTraining:
             mask = None
         if settings.get("dst", "none") is None:
             settings["dst"] = "none"
-        self.config = _config(settings)
+        self.config = _config(settings, config)
         self.given_mask = mask
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.channels_last = channels_last
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         _check_length(self.config, epochs, steps_per_epoch)
         self.batches = as_data(batches)
@@ -103,6 +116,7 @@ class SparseTraining:
         self.extensions: list[TrainerExtension] = []
         self._handles: list[RemovableHandle] = []
         self._pending_state: dict[str, Any] | None = None
+        self._checked: nn.Module | None = None  # the model `check` found fit (prepare need not ask again)
         self._finished = False
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -115,24 +129,47 @@ class SparseTraining:
         """Where training stands, in epochs (step / steps_per_epoch): the recipe's clock."""
         return self.step_count / self.steps_per_epoch if self.steps_per_epoch else 0.0
 
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
+    def check(self, model: nn.Module) -> None:
+        """One `AnymaskError` line if a recipe part cannot apply to `model`, before any mask is made or
+        anything written (`prepare` checks again with the mask; `anymask train` calls this first)."""
+        resuming = self._pending_state is not None
+        self.recipe.check_fits(self._recipe_context(model, None, _device_of(model), resuming))
+        self._checked = model
+
+    def prepare(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        mask: Mask | None = None,
+        start_step: int = 0,
+    ) -> nn.Module:
         """Mask `model`, install the recipe (GradInit runs here), add the ghost parameters to `optimizer`
         as their own group and hook the optimizer. Returns `model` (changed in place).
 
         A state loaded before `prepare` (`load_state_dict`) resumes: its mask, no GradInit, ghost parts
         only if their phase is not over, so `optimizer.load_state_dict` then fits.
+        mask: the mask to train, when it was made after this object (overrides `mask=` of the constructor).
+        start_step: the step training starts at, where it is not 0 (a lottery ticket rewound to step k).
         """
         if self.model is not None:
             raise AnymaskError("SparseTraining.prepare was already called; make one SparseTraining per model")
+        if mask is not None:
+            self.given_mask = mask
         resuming = self._pending_state is not None
+        if not resuming:
+            self.step_count = start_step
         device = _device_of(model)
-        self.recipe.check_fits(self._recipe_context(model, None, device, resuming))
+        if self._checked is not model:
+            self.check(model)
         mask = self._resumed_mask(model) if resuming else self._build_mask(model, device)
         initial = {name: model.get_parameter(name).detach().clone() for name in mask}  # ghost weights' start
         mask.apply(model)
         context = self._recipe_context(model, mask, device, resuming)
         context.initial_weights = initial
+        had = {id(p) for p in model.parameters()}
         self.recipe.prepare(context)
+        _train_added_parameters(optimizer, model, had)  # tost-official's dense skips live in the model
         ghosts = self.recipe.parameters()
         if ghosts and self.ghost_group:
             optimizer.add_param_group({"params": ghosts, "ghost": True})
@@ -156,7 +193,7 @@ class SparseTraining:
             self.enforcer,
             self.total_steps,
             self.steps_per_epoch or 1,
-            None,
+            self.out_dir,
             resuming,
         )
         self.extensions = create_extensions(context)
@@ -203,9 +240,9 @@ class SparseTraining:
     def _recipe_context(
         self, model: nn.Module, mask: Mask | None, device: torch.device, resuming: bool
     ) -> RecipeContext:
-        start = (
-            self._pending_state["step"] / self.steps_per_epoch if resuming and self.steps_per_epoch else 0.0
-        )
+        step = self._pending_state["step"] if resuming and self._pending_state else self.step_count
+        start = step / self.steps_per_epoch if self.steps_per_epoch else 0.0
+        channels_last = _is_channels_last(model) if self.channels_last is None else self.channels_last
         return RecipeContext(
             model,
             mask,
@@ -214,7 +251,8 @@ class SparseTraining:
             device,
             resuming,
             start,
-            channels_last=_is_channels_last(model),
+            channels_last,
+            self.out_dir,
             output_fn=self.output_fn,
         )
 
@@ -250,7 +288,7 @@ class SparseTraining:
             if group.get("ghost"):
                 group["lr"] = lr
         for extension in self.extensions:
-            extension.after_backward(self.step_count, None)  # type: ignore[arg-type]
+            extension.after_backward(self.step_count, None)
         if not self.optimizer_hooks:
             self.enforcer.zero_gradients()
 
@@ -346,6 +384,21 @@ class SparseTraining:
             raise AnymaskError(f"SparseTraining.{call}() before prepare(model, optimizer)")
 
 
+def _train_added_parameters(optimizer: torch.optim.Optimizer, model: nn.Module, had: set[int]) -> None:
+    """Parameters a recipe part added into the model (permanent branches) join the optimizer's first
+    group, which then lists its parameters in the model's order: as an optimizer made after the recipe
+    was installed would (`anymask train` before it was built on this object), so checkpoints match."""
+    listed = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    added = [p for p in model.parameters() if p.requires_grad and id(p) not in had and id(p) not in listed]
+    if not added:
+        return
+    first = optimizer.param_groups[0]
+    members = {id(p) for p in first["params"]} | {id(p) for p in added}
+    in_model = [p for p in model.parameters() if id(p) in members]
+    placed = {id(p) for p in in_model}
+    first["params"] = in_model + [p for p in first["params"] if id(p) not in placed]
+
+
 def drop_parameters(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> None:
     """Forget parameters of removed ghost parts: their state, their place in any group, and the ghost
     group itself."""
@@ -375,19 +428,25 @@ def _sync_from_rank_zero(model: nn.Module, outside: list[nn.Module]) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+@torch.no_grad()
 def _average_across_processes(params: list[nn.Parameter]) -> None:
-    """Ghost parameters live outside the (DDP) model: their gradients are averaged here."""
+    """Ghost parameters live outside the (DDP) model: their gradients are averaged here, in one
+    collective."""
     if not _distributed():
         return
     grads = [p.grad for p in params if p.grad is not None]
-    for grad in grads:
-        dist.all_reduce(grad)
-        grad.div_(dist.get_world_size())
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        grad.copy_(synced)
 
 
-def _config(settings: dict[str, Any]) -> RunConfig:
-    """A RunConfig from the mask, recipe and DST settings (and seed, augment), checked as `anymask train`
-    checks them; any other name is a one-line error."""
+def _config(settings: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """A RunConfig from the mask, recipe and DST settings (and seed, augment) on top of `base`, checked as
+    `anymask train` checks them; any other name is a one-line error."""
     allowed = set(accepted_settings())
     for key in settings:
         section = section_of(key)  # unknown names: "did you mean ..."
@@ -396,7 +455,7 @@ def _config(settings: dict[str, Any]) -> RunConfig:
                 f"SparseTraining does not take '{key}' (a [{section}] setting of `anymask train`): your loop "
                 "owns the model, data and optimizer"
             )
-    config = RunConfig().updated(settings)
+    config = (base or RunConfig()).updated(settings) if settings or base is None else base
     _validate(config)
     return config
 

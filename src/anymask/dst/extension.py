@@ -60,7 +60,7 @@ class DstExtension(TrainerExtension):
         if self.out_dir is not None:
             self.updater.mask.save(self.out_dir / MASK_START)
 
-    def after_backward(self, step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def after_backward(self, step: int, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         self.updater.update(step)
 
     def epoch_metrics(self, epoch: int) -> dict[str, Any]:

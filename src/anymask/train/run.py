@@ -33,7 +33,7 @@ from anymask.config import (
 )
 from anymask.data import TrainingData, check_data_name, data_options, load_dataset
 from anymask.errors import AnymaskError
-from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
+from anymask.extensions import validate_extensions
 from anymask.flops import counting_macs, step_macs
 from anymask.io import atomic_write_text, check_output_folder
 from anymask.masks import METHODS, Mask, check_sparsity, make_mask
@@ -41,7 +41,8 @@ from anymask.masks.config import BN_MODES
 from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
-from anymask.recipe import Recipe, RecipeContext
+from anymask.recipe import Recipe
+from anymask.sparse_training import SparseTraining
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, save_weights
 from anymask.train.distributed import (
     World,
@@ -305,7 +306,14 @@ class _Run:
         mask.apply(model)
         epochs = self.config.mask.lth_epochs or self.config.train.epochs
         trainer = Trainer(
-            model, self.data, self.config, mask=mask, device=self.device, world=self.world, epochs=epochs
+            model,
+            self.data,
+            self.config,
+            mask=mask,
+            device=self.device,
+            world=self.world,
+            epochs=epochs,
+            start_step=start_step,
         )
         captured: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -334,84 +342,64 @@ class _Run:
         model = self.new_model()
         if self.config.model.init_weights:  # a trained parent's weights, say: the mask is made on them
             load_weights(model, self.config.model.init_weights)
-        recipe = Recipe.from_config(self.config.recipe, self.config.train.epochs)
+        sparse = self.sparse_training()
         # A recipe part the model cannot take (gsn on a ViT) fails here, before any file is written.
-        recipe.check_fits(self.recipe_context(model, None, self.checkpoint["epoch"] if self.resuming else 0))
+        sparse.check(model)
         mask, start_step = self.build_mask(model)
         if self.world.is_main and not self.resuming:
             self.write_config(start_step)
             mask.save(self.out_dir / MASK)
         barrier(self.world)
-        initial = {name: model.get_parameter(name).detach().clone() for name in mask}  # before pruning
-        mask.apply(model)
-        start_epoch = self.checkpoint["epoch"] if self.resuming else start_step / self.steps_per_epoch()
+        history: list[dict[str, Any]] = []
+        state = None
+        if self.resuming:
+            history, state = self.checkpoint["history"], self.checkpoint["trainer"]
+            start_step = self.checkpoint["epoch"] * self.steps_per_epoch()
         began = time.perf_counter()
-        with counting_macs() as prepare_counts:
-            recipe.prepare(self.recipe_context(model, mask, start_epoch, initial))
-        trainer = Trainer(
-            model, self.data, self.config, mask=mask, recipe=recipe, device=self.device, world=self.world
-        )
+        with counting_macs() as prepare_counts:  # the set-up's forwards: GradInit's
+            try:
+                trainer = Trainer(
+                    model,
+                    self.data,
+                    self.config,
+                    mask=mask,
+                    sparse=sparse,
+                    device=self.device,
+                    world=self.world,
+                    start_step=start_step,
+                    state=state,
+                )
+            except AnymaskError:
+                raise
+            except (
+                Exception
+            ) as error:  # resuming: whatever the state's decoding raises, the checkpoint is the cause
+                if state is None:
+                    raise
+                problem = f"its state does not fit this run ({first_line(error)})"
+                raise damaged(self.out_dir / CHECKPOINT, CHECKPOINT, problem) from None
         if not self.resuming:  # a resumed run reads the set-up's cost from its checkpoint
             trainer.cost.prepare_macs = step_macs(prepare_counts)
             trainer.cost.prepare_seconds = time.perf_counter() - began
-        trainer.extensions = self.extensions(trainer, model, mask)
-        history: list[dict[str, Any]] = []
-        if self.resuming:
-            try:
-                trainer.load_state_dict(self.checkpoint["trainer"])
-            except AnymaskError:
-                raise
-            except Exception as error:  # whatever the state's decoding raises, the checkpoint is the cause
-                problem = f"its state does not fit this run ({first_line(error)})"
-                raise damaged(self.out_dir / CHECKPOINT, CHECKPOINT, problem) from None
-            history = self.checkpoint["history"]
-            start_step = self.checkpoint["epoch"] * trainer.steps_per_epoch
-            if self.world.is_main:  # a kill between checkpoint and metrics left metrics one epoch short
-                self.write_metrics(history)
-                self.epoch_saved(trainer, history)
-        else:
-            for extension in trainer.extensions:
-                extension.start()
-        self.train(trainer, history, start_step, mask)
-        recipe.remove_ghosts()
-        return self.finish(trainer, mask, history)
+        if self.resuming and self.world.is_main:  # a kill between checkpoint and metrics: one epoch short
+            self.write_metrics(history)
+            self.epoch_saved(trainer, history)
+        self.train(trainer, history, start_step)
+        sparse.finish()  # ghosts gone (if any were left), the final mask written by DST
+        return self.finish(trainer, trainer.mask, history)  # under DST: the final mask
 
-    def extensions(self, trainer: Trainer, model: nn.Module, mask: Mask) -> list[TrainerExtension]:
-        """The trainer extensions this run's config asks for (anymask.extensions)."""
-        context = ExtensionContext(
-            self.config,
-            model,
-            mask,
-            trainer.optimizer,
-            trainer.enforcer,
-            trainer.total_steps,
-            trainer.steps_per_epoch,
-            self.out_dir if self.world.is_main else None,
-            self.resuming,
-        )
-        return create_extensions(context)
-
-    def recipe_context(
-        self,
-        model: nn.Module,
-        mask: Mask | None,
-        start_epoch: float,
-        initial_weights: dict[str, torch.Tensor] | None = None,
-    ) -> RecipeContext:
-        return RecipeContext(
-            model,
-            mask,
-            self.data,
-            self.config,
-            self.device,
-            self.resuming,
-            start_epoch,
-            self.config.train.channels_last,
-            self.out_dir if self.world.is_main else None,
-            initial_weights=initial_weights,
+    def sparse_training(self) -> SparseTraining:
+        """The run's mask, recipe and DST, as a user's loop would hold them (anymask.sparse_training)."""
+        return SparseTraining(
+            config=self.config,
+            epochs=self.config.train.epochs,
+            steps_per_epoch=self.steps_per_epoch(),
+            batches=self.data,
+            out_dir=self.out_dir if self.world.is_main else None,
+            channels_last=self.config.train.channels_last,
         )
 
-    def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int, mask: Mask) -> None:
+    def train(self, trainer: Trainer, history: list[dict[str, Any]], start_step: int) -> None:
         c = self.config.train
         bar = tqdm(
             total=trainer.total_steps,
@@ -420,11 +408,10 @@ class _Run:
             desc=f"{self.config.model.model} {self.config.mask.mask_method} {self.config.mask.sparsity:g}",
         )
         for epoch in range(start_step // trainer.steps_per_epoch, c.epochs):
+            # The recipe's schedules now stand at the epoch's end (SparseTraining.step): the model is
+            # evaluated as it will train on, ghost parts whose phase ended already gone.
             stats = trainer.train_epoch(epoch, start_step=start_step, progress=bar)
-            dropped = trainer.recipe.update(float(epoch + 1))  # evaluate the model as it now stands
-            if dropped:
-                trainer.drop_parameters(dropped)
-            record = self.epoch_record(trainer, epoch, stats, mask)
+            record = self.epoch_record(trainer, epoch, stats)
             history.append(record)
             bar.set_postfix(loss=f"{stats.loss:.3f}", test=f"{record['test_acc']:.4f}")
             if self.world.is_main:
@@ -445,7 +432,7 @@ class _Run:
         """metrics.jsonl from the history the checkpoint holds, so the two can never disagree."""
         atomic_write_text(self.out_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
-    def epoch_record(self, trainer: Trainer, epoch: int, stats: Any, mask: Mask) -> dict[str, Any]:
+    def epoch_record(self, trainer: Trainer, epoch: int, stats: Any) -> dict[str, Any]:
         d = self.data
         ghost_phase = trainer.recipe.in_ghost_phase(float(epoch + 1))
         recalibrate = self.config.train.bn_recalibration_batches if ghost_phase else 0
@@ -462,7 +449,7 @@ class _Run:
             "test_acc": test_acc,
             "seconds": stats.seconds,
             "images_per_s": stats.images / max(stats.seconds, 1e-9),
-            "nonzero": nonzero_count(trainer.model, mask),
+            "nonzero": nonzero_count(trainer.model, trainer.mask),
             "ghost_phase": ghost_phase,
         }
         if recalibrate:
@@ -486,7 +473,6 @@ class _Run:
         summary.update(training_cost(trainer, plain, mask, self.data.input_shape))
         for extension in trainer.extensions:
             summary.update(extension.summary())
-            extension.finish()
         if self.world.is_main:
             for extension in trainer.extensions:
                 extension.summarized(summary)

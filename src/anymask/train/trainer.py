@@ -1,4 +1,11 @@
-"""The training loop: masked SGD, the recipe's schedules, evaluation, checkpoints and resume.
+"""The training loop of `anymask train`: SGD over the batches, evaluation, checkpoints and resume.
+
+Everything about the mask, the recipe and dynamic sparse training is a `SparseTraining`
+(anymask/sparse_training.py), driven here exactly as a user's own loop drives it: `prepare` with the
+optimizer, `loss` on the logits, the optimizer's step (which runs the extensions and the mask enforcer
+in its hooks), then `step`. The trainer keeps the loop itself: the learning rate as a function of the
+step, DDP and torch.compile, mixed precision, the cost meter, evaluation and BatchNorm recalibration, and
+the checkpoint's model, optimizer and cost states.
 
 Everything random in an epoch comes from a generator seeded by (seed, epoch) and learning rates are a
 function of the step, so a run resumed from an epoch checkpoint ends with the same weights as one that
@@ -26,7 +33,8 @@ from anymask.flops import CostMeter
 from anymask.masks import Mask, MaskEnforcer
 from anymask.models.calling import ModelCall, OutputFn
 from anymask.recipe import Recipe
-from anymask.train.distributed import World, all_sum, average_gradients, sync_batchnorm
+from anymask.sparse_training import STATE_VERSION, SparseTraining
+from anymask.train.distributed import World, all_sum, sync_batchnorm
 from anymask.train.lr import lr_at
 
 NAN_CHECK_EVERY = 50
@@ -47,8 +55,12 @@ class EpochStats:
 
 
 class Trainer:
-    """Trains one model with one mask and one recipe. The recipe must already be prepared.
+    """Trains one model with one mask through a `SparseTraining` (the mask, the recipe and DST).
 
+    sparse: the run's `SparseTraining`, not yet prepared (the trainer prepares it with its optimizer);
+    None trains `mask` alone (no recipe, no extensions), as a lottery ticket's rounds do.
+    mask: the mask to train (None: no mask); start_step: where training starts (a rewound ticket);
+    state: a checkpoint's `state_dict()` to resume from (training then starts at `start_step`).
     The model's forward may return its logits as a tensor, a tuple, a mapping or an object with
     `logits`; `output_fn` reads them from anything else (see `anymask.models.calling`).
     """
@@ -60,16 +72,17 @@ class Trainer:
         config: RunConfig,
         *,
         mask: Mask | None = None,
-        recipe: Recipe | None = None,
+        sparse: SparseTraining | None = None,
         device: torch.device | str = "cpu",
         world: World | None = None,
         epochs: int | None = None,
         output_fn: OutputFn | None = None,
+        start_step: int = 0,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.data, self.config = model, data, config
         self.call = ModelCall.of(model, output_fn)
         self.train_config = config.train
-        self.recipe = recipe or Recipe([])
         self.device = torch.device(device)
         self.world = world or World()
         self.epochs = epochs or config.train.epochs
@@ -81,14 +94,40 @@ class Trainer:
                 f"no training batches: {train_images} images with batch size {config.train.batch_size}"
             )
         self.total_steps = self.epochs * self.steps_per_epoch
-        self.optimizer = self._build_optimizer(mask)
-        self.enforcer = (
-            MaskEnforcer(model, self.recipe.enforced_mask(mask), self.optimizer) if mask is not None else None
+        self.sparse = sparse or SparseTraining(  # the mask alone: default recipe, no extensions
+            mask=mask if mask is not None else Mask(),
+            epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            seed=config.train.seed,
         )
-        self.recipe.bind(self.optimizer, self.enforcer)
-        self.network = self._wrap(model)
-        self.extensions: list[TrainerExtension] = []  # see anymask.extensions (the run pipeline fills it)
+        self.optimizer = self._build_optimizer(mask)
         self.cost = CostMeter()
+        if state is not None:  # before prepare: no GradInit, no ghost part whose phase is over
+            self.sparse.load_state_dict(self._sparse_state(state, mask, start_step))
+        self.sparse.prepare(model, self.optimizer, mask=mask, start_step=start_step)
+        if state is not None:
+            self._load_loop_state(state)
+        self.network = self._wrap(model)
+
+    # -- what SparseTraining holds -------------------------------------------------------------------
+    @property
+    def recipe(self) -> Recipe:
+        return self.sparse.recipe
+
+    @property
+    def enforcer(self) -> MaskEnforcer | None:
+        return self.sparse.enforcer
+
+    @property
+    def extensions(self) -> list[TrainerExtension]:
+        """The trainer extensions (anymask.extensions) the run's config asks for: DST, trackers."""
+        return self.sparse.extensions
+
+    @property
+    def mask(self) -> Mask:
+        """The mask being trained (under DST: as it is now)."""
+        assert self.sparse.mask is not None
+        return self.sparse.mask
 
     # -- set-up ------------------------------------------------------------------------------------
     def _build_optimizer(self, mask: Mask | None) -> torch.optim.Optimizer:
@@ -101,9 +140,7 @@ class Trainer:
                 {"params": [p for p in params if id(p) not in masked]},
                 {"params": [p for p in params if id(p) in masked], "weight_decay": c.masked_weight_decay},
             ]
-        extra = self.recipe.parameters()
-        if extra:
-            groups.append({"params": extra, "ghost": True})
+        # The recipe's ghost parameters join as a group of their own when SparseTraining prepares.
         return torch.optim.SGD(
             groups,
             lr=c.lr,
@@ -123,19 +160,6 @@ class Trainer:
         if self.train_config.compile:
             network = torch.compile(network)
         return network
-
-    def drop_parameters(self, params: list[nn.Parameter]) -> None:
-        """Forget parameters of removed ghost parts: their optimizer group and state."""
-        gone = {id(p) for p in params}
-        for p in params:
-            self.optimizer.state.pop(p, None)
-        self.optimizer.param_groups[:] = [
-            g for g in self.optimizer.param_groups if not any(id(p) in gone for p in g["params"])
-        ]
-
-    def ghost_parameters(self) -> list[nn.Parameter]:
-        """The recipe's parameters: outside the model, so DDP does not average their gradients."""
-        return [p for group in self.optimizer.param_groups if group.get("ghost") for p in group["params"]]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         enabled = self.train_config.amp and self.device.type == "cuda"
@@ -197,10 +221,10 @@ class Trainer:
     def train_step(
         self, images: torch.Tensor, labels: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch_time = step / self.steps_per_epoch
-        dropped = self.recipe.update(epoch_time)
-        if dropped:
-            self.drop_parameters(dropped)
+        """One optimizer step, as a user's loop takes it: the recipe's loss, backward, the optimizer's step
+        (its hooks run the extensions, then the mask enforcer), then `SparseTraining.step`. `step` sets
+        the learning rate; the recipe's and DST's schedules follow SparseTraining's own step count, which
+        is `step` when the steps come in order (as `train_epoch` takes them)."""
         lr = lr_at(step, self.total_steps, self.train_config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -213,14 +237,12 @@ class Trainer:
             self.autocast(),
         ):
             logits = self.call(self.network, images)
-            loss = self.recipe.loss(logits.float(), labels, epoch_time)
+            loss = self.sparse.loss(logits, labels)
         self.cost.add_step(len(labels) * self.world.size)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(self.ghost_parameters(), self.world)
-        for extension in self.extensions:
-            extension.after_backward(step, (images, labels))
         self.optimizer.step()
+        self.sparse.step()
         return loss, logits
 
     def check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
@@ -279,22 +301,35 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: the model, the optimizer, the cost so far and SparseTraining's recipe and
+        extension states. Its mask and step are the run folder's (mask.safetensors, the epoch), so
+        checkpoints keep the layout runs made before the trainer was built on SparseTraining."""
+        sparse = self.sparse.state_dict()
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "recipe": self.recipe.state_dict(),
-            "extensions": {extension.name: extension.state_dict() for extension in self.extensions},
+            "recipe": sparse["recipe"],
+            "extensions": sparse["extensions"],
             "cost": self.cost.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _sparse_state(self, state: dict[str, Any], mask: Mask | None, step: int) -> dict[str, Any]:
+        """SparseTraining's state from a checkpoint: the mask training started from (DST's current one
+        is in its extension state) and the step the checkpoint was written at."""
+        return {
+            "version": STATE_VERSION,
+            "settings": self.sparse.config.read_settings(),
+            "step": step,
+            "mask": {name: m.detach().cpu().clone() for name, m in (mask or Mask()).items()},
+            "recipe": state["recipe"],
+            "extensions": state.get("extensions", {}),
+        }
+
+    def _load_loop_state(self, state: dict[str, Any]) -> None:
+        """The model and optimizer states over what `prepare` left, then the pruned weights zeroed again
+        (SparseTraining loaded its own state, an extension's mask included, in `prepare`)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.recipe.load_state_dict(state["recipe"])
         self.cost.load_state_dict(state.get("cost", {}))
-        for extension in self.extensions:  # before re-zeroing: an extension may have changed the mask
-            if extension.name not in state.get("extensions", {}):
-                raise AnymaskError(f"the checkpoint holds no '{extension.name}' state to resume from")
-            extension.load_state_dict(state["extensions"][extension.name])
         if self.enforcer is not None:
             self.enforcer.zero_weights()

@@ -17,14 +17,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import pairwise
 from typing import Any
 
+from anymask.errors import AnymaskError
 from anymask.experiments.report.runs import METRICS_READ, Run
 from anymask.experiments.report.stats import Gain, paired_gain
 
 BASELINE = "default"
 # Run settings that are table axes (or identify a mask file) rather than a setting that splits tables.
-AXES = frozenset({"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "dst", "seed"})
+# `teacher` goes with the seed: distillation runs read the dense run of their own seed, so a teacher that
+# differs between seeds is not a variant (two runs of one seed that differ in it are refused below).
+AXES = frozenset(
+    {"model", "data", "mask_method", "mask_file", "sparsity", "recipe", "dst", "seed", "teacher"}
+)
 # The label of the variant whose varying settings all have their most common value.
 COMMON = "most common settings"
 
@@ -230,12 +236,16 @@ def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
     for run in runs:
         s = run.summary
         for setting, combo in combos.items():
-            if any(combo.get(k, v) != v for k, v in settings[id(run)].items()):
+            # A run joins a table only when the table fixes every varying setting the run reads: a kd run
+            # at T 2 must not join a table of fold_at=ghost runs that says nothing of the temperature, or
+            # it would be averaged with the T 4 run as if it were another seed.
+            if any(k not in combo or combo[k] != v for k, v in settings[id(run)].items()):
                 continue
             key = (s["model"], s["data"], setting, run.mask, s["sparsity"], run.arm)
             by_group.setdefault(key, []).append(run)
     for (model, data, setting, mask, sparsity, recipe), members in by_group.items():
         members.sort(key=lambda r: r.summary["seed"])
+        _refuse_two_runs_of_one_seed(members)
         table = tables.setdefault(
             (model, data, setting), Table(model, data, [], METRICS_READ[metric], values=combos[setting])
         )
@@ -244,6 +254,23 @@ def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
         table.groups.sort(key=lambda g: (mask_order(g.mask), g.sparsity, recipe_order(g.recipe)))
     ordered = by_model_and_data([tables[key] for key in sorted(tables)])
     return [table for same in ordered for table in number_variants(same)]
+
+
+def _refuse_two_runs_of_one_seed(members: Sequence[Run]) -> None:
+    """A group is one run per seed; two runs of one seed differ in an axis-like setting (a teacher) and
+    averaging them would count one seed twice."""
+    for first, second in pairwise(members):
+        if first.summary["seed"] == second.summary["seed"]:
+            differ = sorted(
+                k
+                for k in set(first.settings) | set(second.settings)
+                if not _same(first.settings.get(k), second.settings.get(k))
+            )
+            raise AnymaskError(
+                f"runs {first.summary['config_hash']} and {second.summary['config_hash']} share seed "
+                f"{first.summary['seed']} and the table's settings but differ in "
+                f"{', '.join(differ) or 'nothing'}; report them apart with --only (e.g. --only teacher=RUN)"
+            )
 
 
 def setting_text(values: dict[str, Any]) -> str:
