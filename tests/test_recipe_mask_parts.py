@@ -291,7 +291,9 @@ def test_kd_weight_zero_is_the_plain_loss(tmp_path: Path, dense_teacher: Path) -
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
 
 
-def test_kd_fold_preset_is_fold_and_kd_ending_at_exactly_the_mask(tmp_path: Path, dense_teacher: Path) -> None:
+def test_kd_fold_preset_is_fold_and_kd_ending_at_exactly_the_mask(
+    tmp_path: Path, dense_teacher: Path
+) -> None:
     base = {"mask_method": "erk", "sparsity": 0.9, "epochs": 2, "teacher": str(dense_teacher)}
     preset = run_experiment(quick_config(**base, recipe="kd-fold"), tmp_path / "preset")
     parts = run_experiment(quick_config(**base, recipe="kd,fold"), tmp_path / "parts")

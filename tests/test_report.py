@@ -339,7 +339,7 @@ def test_each_seeds_own_teacher_is_one_arm_and_two_teachers_of_one_seed_are_refu
     assert [(r["n"], r["gain_seeds"]) for r in kd] == [("2", "2")]
     assert float(kd[0]["final_gain"]) == pytest.approx(0.035)
     make_run(root, "erk", 0.98, "kd", 0, 0.50, 0.50, teacher="another")
-    with pytest.raises(AnymaskError, match="share seed 0 .* differ in teacher"):
+    with pytest.raises(AnymaskError, match=r"share seed 0 .* differ in teacher"):
         write_report([root], tmp_path / "report2")
 
 

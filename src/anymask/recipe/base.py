@@ -148,8 +148,8 @@ EXCLUSIVE = {("gsn", "smooth"): "both replace every ReLU module"}
 
 
 def parse_recipe(spec: str) -> tuple[str, ...]:
-    """A preset ('default', 'tost', 'tost-official', 'kd-fold') or a comma list of parts ('gsn,ls') -> part names in
-    canonical order."""
+    """A preset ('default', 'tost', 'tost-official', 'kd-fold') or a comma list of parts ('gsn,ls') -> part
+    names in canonical order."""
     import anymask.recipe.parts  # noqa: F401  (registers the parts)
 
     spec = spec.strip().lower()
