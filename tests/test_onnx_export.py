@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,9 +34,15 @@ def trained_run(folder: Path, name: str, sparsity: float = 0.98) -> Path:
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
     folder.mkdir(parents=True)
-    save_config(RunConfig.from_flat({"model": name, "data": "cifar10", "width": 1.0}), folder / "config.json")
+    config = RunConfig.from_flat({"model": name, "data": "cifar10", "width": 1.0})
+    save_config(config, folder / "config.json")
     mask.save(folder / "mask.safetensors")
     save_weights(model, folder / "model.safetensors")
+    # a finished run: export reads only runs with a summary (an unfinished one is refused in one line)
+    summary = {"config_hash": config.hash(), "model": name, "data": "cifar10", "mask_method": "erk"}
+    summary |= {"sparsity": sparsity, "recipe": "default", "seed": 0, "epochs": 1, "final_test_acc": 0.1}
+    summary |= {"best_test_acc": 0.1, "nonzero_weights": mask.kept(), "mask_total": mask.total()}
+    (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
 

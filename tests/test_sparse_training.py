@@ -246,7 +246,7 @@ def test_a_scheduler_made_before_prepare_drives_the_ghosts_in_the_first_group() 
         ({"sparsty": 0.9}, "unknown config key 'sparsty'; did you mean 'sparsity'"),
         ({"lr": 0.1}, "does not take 'lr' \\(a \\[train\\] setting"),
         ({"recipe": "tost", "mask_method": "erk", "sparsity": 0.9}, "pass epochs= and steps_per_epoch="),
-        ({"mask_method": "erk", "sparsity": 1.5}, "sparsity 1.5 is outside"),
+        ({"mask_method": "erk", "sparsity": 1.5}, "sparsity: 1.5 is outside"),
         ({"mask_method": "erk", "sparsity": 0.9, "dst": "magic"}, "unknown --dst 'magic'"),
         ({"mask_method": "lth", "sparsity": 0.9}, "make it with `anymask prune --method lth"),
     ],
