@@ -15,15 +15,16 @@ import pytest
 from anymask.errors import AnymaskError
 from anymask.experiments.sweep import load_sweep, run_sweep
 
-# Two small real runs (digits, 600 images, 4 epochs of 10 steps), one thread each so every engine trains
-# the same bits.
+# Two small real runs (digits, 600 images, 12 epochs of 10 steps), one thread each so every engine trains
+# the same bits. 12 epochs: long enough that on an idle machine both runs are seen mid-run together even
+# when one Ray node starts its task seconds after the other (with 4, one could end before the other began).
 SWEEP = """\
 [base]
 model = "cnn"
 data = "digits"
 train_subset = 600
 batch_size = 64
-epochs = 4
+epochs = 12
 lr = 0.2
 sparsity = 0.9
 threads = 1
@@ -168,7 +169,7 @@ def test_ray_sweep_survives_a_dead_node_and_matches_the_local_engine(
         assert (out / name / "config.json").stat().st_mtime_ns == mtime
         assert (out / name / "summary.json").stat().st_mtime_ns > killed_at
         lines = (out / name / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+        assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 13))
     assert not list(out.glob("*/checkpoint.pt")) and not list(out.glob(".*.lock"))
 
 
