@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from anymask.cli import main
-from anymask.config import RunConfig, save_config
 from anymask.deploy import (
     KERNELS,
     LayerWeights,
@@ -31,32 +30,14 @@ from anymask.deploy import (
 from anymask.deploy import inference as inference_module
 from anymask.deploy.positions import LAYOUTS, cheapest_layout
 from anymask.errors import AnymaskError
-from anymask.masks import Mask, MaskConfig, make_mask
+from anymask.masks import MaskConfig, make_mask
 from anymask.models import create_model
 from anymask.train.checkpoint import save_weights
+from deploy_fixtures import trained_like, write_finished_run
 
 RESNET20 = ModelSpec("resnet20", 1.0, 10, (3, 32, 32))
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 numba_only = pytest.mark.skipif(KERNELS.get("numba").unavailable() is not None, reason="numba not installed")
-
-
-def trained_like(
-    spec: ModelSpec, sparsity: float, method: str = "erk", seed: int = 0
-) -> tuple[nn.Module, Mask]:
-    """A registry model with a mask applied and BatchNorms holding non-trivial statistics, in eval mode."""
-    torch.manual_seed(seed)
-    model = spec.build()
-    mask = make_mask(model, MaskConfig(mask_method=method, sparsity=sparsity, mask_seed=seed))
-    mask.apply(model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-                module.num_batches_tracked.fill_(123)
-    return model.eval(), mask
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:
@@ -157,25 +138,12 @@ def test_truncated_corrupt_and_foreign_files_get_one_line_errors(tmp_path: Path)
     _one_line_error(tmp_path / "missing.safetensors", "export file not found")
 
 
-def _fake_run(folder: Path, model: nn.Module, mask: Mask, model_name: str, data: str) -> Path:
-    folder.mkdir(parents=True)
-    config = RunConfig.from_flat({"model": model_name, "data": data, "width": 0.25})
-    save_config(config, folder / "config.json")
-    mask.save(folder / "mask.safetensors")
-    save_weights(model, folder / "model.safetensors")
-    summary = {"config_hash": config.hash(), "model": model_name, "data": data, "mask_method": "random"}
-    summary |= {"sparsity": 0.9, "recipe": "default", "seed": 0, "epochs": 1, "final_test_acc": 0.5}
-    summary |= {"best_test_acc": 0.5, "nonzero_weights": mask.kept(), "mask_total": mask.total()}
-    (folder / "summary.json").write_text(json.dumps(summary))
-    return folder
-
-
 def test_cli_export_of_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(0)
     model = create_model("cnn", 10, (1, 8, 8), 0.25)
     mask = make_mask(model, MaskConfig(mask_method="random", sparsity=0.9))
     mask.apply(model)
-    run = _fake_run(tmp_path / "run", model, mask, "cnn", "digits")
+    run = write_finished_run(tmp_path / "run", model, mask, "cnn", "digits")
     assert main(["export", str(run), "--out", str(tmp_path / "cnn.safetensors")]) == 0
     assert "smaller than the dense weights" in capsys.readouterr().out
     rebuilt = load_exported_model(tmp_path / "cnn.safetensors")
@@ -201,13 +169,13 @@ def test_export_refuses_a_factory_model_and_a_tost_official_run(
     torch.manual_seed(0)
     model = create_model("cnn", 10, (1, 8, 8), 0.25)
     mask = make_mask(model, MaskConfig(mask_method="random", sparsity=0.9))
-    run = _fake_run(tmp_path / "plain", model, mask, "cnn", "digits")
+    run = write_finished_run(tmp_path / "plain", model, mask, "cnn", "digits")
     config = json.loads((run / "config.json").read_text())
     config["model"]["model"] = "canary_factory:build"
     (run / "config.json").write_text(json.dumps(config))
     assert main(["export", str(run), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert not (tmp_path / "ran").exists() and not (tmp_path / "x.safetensors").exists()
-    official = _fake_run(tmp_path / "official", model, mask, "cnn", "digits")
+    official = write_finished_run(tmp_path / "official", model, mask, "cnn", "digits")
     summary = json.loads((official / "summary.json").read_text())
     (official / "summary.json").write_text(json.dumps({**summary, "plain_architecture": False}))
     assert main(["export", str(official), "--out", str(tmp_path / "y.safetensors")]) == 2
@@ -341,7 +309,7 @@ def test_without_numba_every_layer_runs_dense_after_one_notice(
 def test_from_run_and_from_export_give_the_run_model(tmp_path: Path) -> None:
     spec = ModelSpec("cnn", 0.25, 10, (1, 8, 8))
     model, mask = trained_like(spec, 0.9, method="random")
-    run = _fake_run(tmp_path / "run", model, mask, "cnn", "digits")
+    run = write_finished_run(tmp_path / "run", model, mask, "cnn", "digits")
     export_run(run, tmp_path / "cnn.safetensors")
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():

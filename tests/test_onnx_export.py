@@ -2,48 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from anymask.cli import main
-from anymask.config import RunConfig, save_config
 from anymask.deploy import ModelSpec, read_run, sparse_inference_model
-from anymask.masks import MaskConfig, make_mask
-from anymask.train.checkpoint import save_weights
+from deploy_fixtures import trained_like, write_finished_run
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def trained_run(folder: Path, name: str, sparsity: float = 0.98) -> Path:
     """A finished CIFAR-10 run folder of `name` (width 1) with an ERK mask and non-trivial BatchNorm."""
-    torch.manual_seed(0)
-    model = ModelSpec(name, 1.0, 10, (3, 32, 32)).build()
-    mask = make_mask(model, MaskConfig(mask_method="erk", sparsity=sparsity))
-    mask.apply(model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    folder.mkdir(parents=True)
-    config = RunConfig.from_flat({"model": name, "data": "cifar10", "width": 1.0})
-    save_config(config, folder / "config.json")
-    mask.save(folder / "mask.safetensors")
-    save_weights(model, folder / "model.safetensors")
-    # a finished run: export reads only runs with a summary (an unfinished one is refused in one line)
-    summary = {"config_hash": config.hash(), "model": name, "data": "cifar10", "mask_method": "erk"}
-    summary |= {"sparsity": sparsity, "recipe": "default", "seed": 0, "epochs": 1, "final_test_acc": 0.1}
-    summary |= {"best_test_acc": 0.1, "nonzero_weights": mask.kept(), "mask_total": mask.total()}
-    (folder / "summary.json").write_text(json.dumps(summary))
-    return folder
+    model, mask = trained_like(ModelSpec(name, 1.0, 10, (3, 32, 32)), sparsity)
+    return write_finished_run(folder, model, mask, name, "cifar10", width=1.0)
 
 
 def cifar_images(data_dir: Path, count: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import fx, nn
 from anymask.deploy import KERNELS, ModelSpec, sparse_inference_model
 from anymask.deploy.inference import fold_batchnorm
 from anymask.deploy.program import PHASES, ROWS, SAME, Unsupported, compile_program
-from anymask.masks import MaskConfig, make_mask
+from deploy_fixtures import trained_like
 
 pytestmark = pytest.mark.skipif(KERNELS.get("numba").unavailable() is not None, reason="numba not installed")
 
@@ -126,17 +126,7 @@ def test_unsupported_graphs_say_what_and_still_run_layer_by_layer() -> None:
 
 
 def _trained_like(name: str, sparsity: float) -> nn.Module:
-    torch.manual_seed(0)
-    model = ModelSpec(name, 1.0, 10, (3, 32, 32)).build()
-    make_mask(model, MaskConfig(mask_method="erk", sparsity=sparsity)).apply(model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return trained_like(ModelSpec(name, 1.0, 10, (3, 32, 32)), sparsity)[0]
 
 
 @pytest.mark.parametrize("name", ["mobilenetv2", "vgg16", "resnet32"])
