@@ -34,9 +34,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.utils.hooks import RemovableHandle
 
+from anymask.collectives import average_gradients, broadcast_from_rank_zero, distributed
 from anymask.config import SECTIONS, RunConfig, section_of
 from anymask.data.iterable import as_data
 from anymask.errors import AnymaskError
@@ -175,7 +175,7 @@ class SparseTraining:
             optimizer.add_param_group({"params": ghosts, "ghost": True})
         elif ghosts:
             optimizer.param_groups[0]["params"].extend(ghosts)
-        _sync_from_rank_zero(model, self.recipe.modules())  # under DDP: GradInit saw each rank's batches
+        broadcast_from_rank_zero(model, self.recipe.modules())  # under DDP: GradInit saw each rank's batches
         if self.optimizer_hooks:  # registered before the enforcer's: runs first, on the dense gradient
             self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.before_optimizer_step()))
             self.enforcer = MaskEnforcer(model, self.recipe.enforced_mask(mask), optimizer)
@@ -225,7 +225,7 @@ class SparseTraining:
             extras={"steps_per_epoch": self.steps_per_epoch} if self.steps_per_epoch else {},
             output_fn=self.output_fn,
         )
-        if _distributed():  # rank 0's mask everywhere: SNIP on each rank's own batches would differ
+        if distributed():  # rank 0's mask everywhere: SNIP on each rank's own batches would differ
             shared = [mask.to("cpu")]
             dist.broadcast_object_list(shared, src=0)
             mask = shared[0]
@@ -282,7 +282,7 @@ class SparseTraining:
         `optimizer_hooks=False`."""
         optimizer = self.optimizer
         assert optimizer is not None and self.enforcer is not None
-        _average_across_processes(self.recipe.parameters())
+        average_gradients(self.recipe.parameters())
         lr = optimizer.param_groups[0]["lr"]
         for group in optimizer.param_groups:
             if group.get("ghost"):
@@ -411,37 +411,6 @@ def drop_parameters(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parame
                 optimizer.state.pop(p, None)
         group["params"] = [p for p in group["params"] if id(p) not in gone]
     optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"] or not g.get("ghost")]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-@torch.no_grad()
-def _sync_from_rank_zero(model: nn.Module, outside: list[nn.Module]) -> None:
-    """Rank 0's weights and buffers on every rank: masks, GradInit's scales and ghost branches could
-    differ where each rank scored its own batches."""
-    if not _distributed():
-        return
-    for module in (model, *outside):
-        for tensor in module.state_dict(keep_vars=True).values():
-            dist.broadcast(tensor.data, src=0)
-
-
-@torch.no_grad()
-def _average_across_processes(params: list[nn.Parameter]) -> None:
-    """Ghost parameters live outside the (DDP) model: their gradients are averaged here, in one
-    collective."""
-    if not _distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat.div_(dist.get_world_size())
-    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        grad.copy_(synced)
 
 
 def _config(settings: dict[str, Any], base: RunConfig | None = None) -> RunConfig:

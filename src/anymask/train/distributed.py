@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from anymask import collectives
 from anymask.errors import AnymaskError
 
 
@@ -99,23 +99,10 @@ def all_sum(values: torch.Tensor, world: World) -> torch.Tensor:
     return total
 
 
-@torch.no_grad()
 def average_gradients(params: Sequence[nn.Parameter], world: World) -> None:
-    """Replace each gradient by its mean over ranks, in one collective.
-
-    For parameters DDP does not own: the recipe's ghost branches are held outside the model, so without
-    this each rank would train its own copy of them.
-    """
-    if not world.distributed:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat.div_(world.size)
-    for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        grad.copy_(synced)
+    """Each gradient replaced by its mean over the world's ranks (`anymask.collectives.average_gradients`)."""
+    if world.distributed:
+        collectives.average_gradients(params)
 
 
 # -- BatchNorm over the global batch ------------------------------------------------------------------
