@@ -2,7 +2,7 @@
 
 For every model x sparsity x batch size: a registry model with an ERK mask (random weights, non-trivial
 BatchNorm statistics: speed does not depend on the values), run three ways on the same real CIFAR-10
-images, in one process, interleaved (_common.py):
+images, in one process, in interleaved rounds of timed bursts (`bursts`):
 
 - dense:        `sparse_inference_model(model, mask, kernel="dense")`, PyTorch eager with BatchNorm
                 folded into the convolutions (oneDNN), i.e. the fair dense PyTorch baseline;
@@ -26,14 +26,16 @@ medians of per-round ratios. The last four lines are ResNet-20, ERK 98%, 2 threa
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import Summary, cifar_or_synthetic, interleaved, machine, paired_ratio
+from _common import Summary, cifar_or_synthetic, machine, paired_ratio
 from torch import nn
 
 from anymask.deploy import ModelSpec, set_num_threads, sparse_inference_model
@@ -48,6 +50,10 @@ PLOT_LABELS = {
     "onnxruntime": "onnxruntime (dense)",
     "sparse": "anymask SparseInference",
 }
+GAP = 0.02
+"""Seconds of pause before each timed burst (see `bursts`)."""
+BURST = 0.02
+"""Seconds of calls per timed burst (at least one call)."""
 LABELS = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "vgg16": "VGG-16", "mobilenetv2": "MobileNetV2"}
 
 
@@ -141,14 +147,15 @@ def measure(
         "onnxruntime": lambda: session.run(None, feed),  # type: ignore[attr-defined]
         "sparse": lambda: sparse(x),
     }
-    begin = time.perf_counter()
-    for run in cases.values():
-        run()
-    one_round = time.perf_counter() - begin
-    rounds = max(6, min(300, int(args.seconds / max(one_round, 1e-6))) // 6 * 6)
-    times = interleaved(cases, rounds, 2, torch.device("cpu"))
+    times = bursts(cases, args.seconds)
     choice = sparse.choices[tuple(x.shape)]
-    engine = f"program, chunks of {choice.chunk}" if choice.engine == "numba" else "dense layers"
+    engine = "dense layers"
+    if choice.engine == "numba":
+        engine = (
+            f"program, {threads} threads on each image"
+            if choice.shared
+            else f"program, chunks of {choice.chunk}"
+        )
     return Row(
         name,
         sparsity,
@@ -159,6 +166,38 @@ def measure(
         paired_ratio(times["onnxruntime"], times["sparse"]),
         engine,
     )
+
+
+def bursts(cases: dict[str, Callable[[], object]], seconds: float) -> dict[str, list[float]]:
+    """Seconds per call of every case: rounds of one timed burst per case, in a rotating order.
+
+    Before each burst: a pause of GAP seconds, then one untimed call. The pause lets the thread pool
+    of the case before stop spinning (onnxruntime's and PyTorch's OpenMP threads spin for a while
+    after each call, and on 2 cores they take the next case's cores: timed back to back, onnxruntime
+    measured 3.4 ms for MobileNetV2 at batch 1, and 1.2-1.4 ms in bursts); the untimed call wakes the
+    case's own threads, as a stream of requests keeps them awake. So each case is timed as it would
+    run alone in its own server process.
+    """
+    names = list(cases)
+    per_call = {}
+    for name in names:
+        begin = time.perf_counter()
+        cases[name]()
+        per_call[name] = time.perf_counter() - begin
+    calls = {name: max(1, int(BURST / max(per_call[name], 1e-6))) for name in names}
+    round_seconds = sum(GAP + (calls[n] + 1) * per_call[n] for n in names)
+    rounds = max(6, min(60, int(seconds / round_seconds)) // 6 * 6)
+    orders = list(itertools.permutations(names))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in orders[index % len(orders)]:
+            time.sleep(GAP)
+            cases[name]()
+            begin = time.perf_counter()
+            for _ in range(calls[name]):
+                cases[name]()
+            times[name].append((time.perf_counter() - begin) / calls[name])
+    return times
 
 
 def environment() -> str:
@@ -201,7 +240,11 @@ def main() -> None:
 
     print(f"# {machine(torch.device('cpu'))}; onnxruntime {onnxruntime.__version__}; images: {source}")
     print(f"# environment variables (OMP_, MKL_, NUMBA_, KMP_): {environment()}")
-    print(f"# {args.mask_method} masks; ms per batch (medians, interleaved rounds); speedups: paired medians")
+    print(
+        f"# {args.mask_method} masks; ms per batch (medians over rounds; each round times every case in a"
+        f" burst of {BURST * 1e3:.0f} ms after a {GAP * 1e3:.0f} ms pause and one untimed call);"
+        " speedups: paired medians"
+    )
     print(
         "| model | sparsity | batch | threads | dense PyTorch ms | onnxruntime ms | anymask ms | vs dense "
         "| vs onnxruntime | anymask ran |"

@@ -12,6 +12,7 @@ from torch import fx, nn
 from anymask.deploy import KERNELS, ModelSpec, sparse_inference_model
 from anymask.deploy.inference import fold_batchnorm
 from anymask.deploy.program import PHASES, ROWS, SAME, Unsupported, compile_program
+from anymask.deploy.program_run import UNITS_PER_THREAD
 from deploy_fixtures import trained_like
 
 pytestmark = pytest.mark.skipif(KERNELS.get("numba").unavailable() is not None, reason="numba not installed")
@@ -56,7 +57,8 @@ def _sparse_conv(
     relu=st.booleans(),
     density=st.floats(0.0, 1.0),
     chunk=st.integers(1, 4),
-    threads=st.integers(1, 2),
+    threads=st.integers(1, 3),
+    shared=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_program_conv_equals_torch_conv(
@@ -73,6 +75,7 @@ def test_program_conv_equals_torch_conv(
     density: float,
     chunk: int,
     threads: int,
+    shared: bool,
     seed: int,
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
@@ -87,7 +90,7 @@ def test_program_conv_equals_torch_conv(
     module = TwoConvs(conv, other, relu).eval()
     x = torch.randn(batch, channels, size, size + 1, generator=generator)
     program = compile_program(fold_batchnorm(fx.symbolic_trace(module)), tuple(x.shape[1:]))
-    got = torch.from_numpy(program(x.numpy(), chunk, threads))
+    got = torch.from_numpy(program(x.numpy(), chunk, threads, shared))
     with torch.no_grad():
         expected = module(x)
     assert got.shape == expected.shape
@@ -137,9 +140,9 @@ def test_whole_networks_equal_the_dense_model(name: str) -> None:
     with torch.no_grad():
         expected = model(x)
     program = compile_program(fold_batchnorm(fx.symbolic_trace(model)), (3, 32, 32))
-    for chunk, threads in ((1, 1), (2, 2), (5, 1)):
-        got = torch.from_numpy(program(x.numpy(), chunk, threads))
-        assert (got - expected).abs().max().item() <= 1e-4, (chunk, threads)
+    for chunk, threads, shared in ((1, 1, False), (2, 2, False), (5, 1, False), (1, 2, True), (2, 3, True)):
+        got = torch.from_numpy(program(x.numpy(), chunk, threads, shared))
+        assert (got - expected).abs().max().item() <= 1e-4, (chunk, threads, shared)
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert program.layers == convs + 1  # every conv and the classifier, BatchNorm folded
 
@@ -153,3 +156,82 @@ def test_auto_runs_a_sparse_network_as_one_program_and_a_dense_one_layer_by_laye
     dense(x)
     assert dense.program((3, 32, 32)) is None  # no zeros: nothing for a sparse program to skip
     assert set(dense.plan(3).values()) == {"dense"}
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet20"])
+def test_stale_arena_values_never_reach_the_output(name: str) -> None:
+    """Borders that no step reads are left as the arena had them: fill every arena with NaN between
+    calls and the logits are still exact (a border that must be zero and is not would spread NaN)."""
+    model = _trained_like(name, 0.95)
+    program = compile_program(fold_batchnorm(fx.symbolic_trace(model)), (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x)
+    for chunk, threads, shared in ((1, 1, False), (1, 2, False), (2, 2, True)):
+        program(x.numpy(), chunk, threads, shared)
+        for arena in program._arenas.values():
+            arena[:] = float("nan")
+        got = torch.from_numpy(program(x.numpy(), chunk, threads, shared))
+        assert (got - expected).abs().max().item() <= 1e-4, (chunk, threads, shared)
+    skipped = sum(1 for op in program.ops if op[OP_BORDER] == 0 and op[0] != 7)
+    assert skipped > 0  # some outputs' borders are never read (1x1 convs' inputs, the pooled features)
+
+
+OP_BORDER = 18
+
+
+@settings(max_examples=30, deadline=None)
+@given(chunk=st.integers(1, 8), threads=st.integers(1, 6))
+def test_shared_units_cover_every_channel_once(chunk: int, threads: int) -> None:
+    """Each step part's units are consecutive channel ranges from 0 to its channel count, no more than
+    UNITS_PER_THREAD per thread; a step part with nothing to split has none."""
+    program = _program_of("mobilenetv2")
+    units, bounds = program.share_units(chunk, threads)
+    assert len(units) == 2 * len(program.ops) + 1
+    for index, op in enumerate(program.ops):
+        for part in (0, 1):
+            mine = bounds[units[2 * index + part] : units[2 * index + part + 1]]
+            if part == 0 and not (op[0] == 1 and op[OP_MODE] == PHASES):
+                assert len(mine) == 0
+                continue
+            channels = op[2] if part == 0 or op[0] == 7 else op[6]
+            assert mine[0] == 0 and mine[-1] == channels
+            assert (mine[1:] > mine[:-1]).all()
+            assert len(mine) - 1 <= UNITS_PER_THREAD * threads
+
+
+_PROGRAMS: dict[str, object] = {}
+
+
+def _program_of(name: str):  # type: ignore[no-untyped-def]
+    if name not in _PROGRAMS:
+        model = _trained_like(name, 0.95)
+        _PROGRAMS[name] = compile_program(fold_batchnorm(fx.symbolic_trace(model)), (3, 32, 32))
+    return _PROGRAMS[name]
+
+
+def test_auto_times_all_threads_on_one_image_below_a_chunk_per_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At batch 1 on 2 threads, `auto` also times both threads sharing the image, keeps it when it is
+    the fastest, and its output is the dense model's; at batch 4 it does not time it."""
+    import anymask.deploy.inference as inference
+
+    timed: list[object] = []
+
+    def fake_time(run):  # type: ignore[no-untyped-def]
+        timed.append(run)
+        return 0.5 if len(timed) == 2 else 1.0  # the second candidate, the shared run, is fastest
+
+    monkeypatch.setattr(inference, "_best_time", fake_time)
+    model = _trained_like("resnet20", 0.98)
+    sparse = sparse_inference_model(model, threads=2)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        got, expected = sparse(x), model(x)
+    assert sparse.choices[(1, 3, 32, 32)] == inference.Choice("numba", 1, shared=True)
+    assert len(timed) == 3  # chunks of 1, shared, dense layers
+    assert (got - expected).abs().max().item() <= 1e-4
+    timed.clear()
+    sparse(torch.randn(4, 3, 32, 32))
+    assert len(timed) == 3  # chunks of 1 and 2, dense layers

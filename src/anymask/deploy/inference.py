@@ -127,6 +127,7 @@ class Choice:
 
     engine: str  # PROGRAM or LAYERS
     chunk: int = 0
+    shared: bool = False  # all threads on each chunk, step by step (`program_run`), not a chunk each
 
 
 class SparseInference(nn.Module):
@@ -159,12 +160,15 @@ class SparseInference(nn.Module):
         choice = self.choices[shape]
         if choice.engine == LAYERS:
             return self.graph_module(x).contiguous()
-        return self._run_program(x, choice.chunk)
+        return self._run_program(x, choice.chunk, choice.shared)
 
-    def _run_program(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    def _run_program(self, x: torch.Tensor, chunk: int, shared: bool = False) -> torch.Tensor:
         program = self._programs[tuple(x.shape[1:])]
         assert program is not None
-        return torch.from_numpy(program(x.numpy(), chunk, self.threads or torch.get_num_threads()))
+        return torch.from_numpy(program(x.numpy(), chunk, self._threads(), shared))
+
+    def _threads(self) -> int:
+        return max(1, self.threads or torch.get_num_threads())
 
     def program(self, image_shape: tuple[int, ...]) -> Program | None:
         """The whole-network program for images of `image_shape`, or None when it cannot be built."""
@@ -179,7 +183,7 @@ class SparseInference(nn.Module):
 
     def _chunks(self, batch: int) -> list[int]:
         """Chunk sizes worth timing: each thread gets at least one chunk."""
-        per_thread = -(-batch // max(1, self.threads or torch.get_num_threads()))
+        per_thread = -(-batch // self._threads())
         return [c for c in CHUNKS if c <= per_thread] or [1]
 
     def _choose(self, x: torch.Tensor) -> Choice:
@@ -189,6 +193,8 @@ class SparseInference(nn.Module):
         runs: dict[Choice, Callable[[], object]] = {
             Choice(PROGRAM, chunk): (lambda c=chunk: self._run_program(x, c)) for chunk in self._chunks(batch)
         }
+        if self._threads() > 1 and batch < 2 * self._threads():  # too few images for a chunk per thread
+            runs[Choice(PROGRAM, batch, shared=True)] = lambda: self._run_program(x, batch, shared=True)
         if self.policy == AUTO:
             for layer in self.layers().values():  # the alternative run: every layer dense
                 layer.choice.setdefault(batch, "dense")

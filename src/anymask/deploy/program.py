@@ -15,9 +15,7 @@ keeps the per-layer kernels.
 
 from __future__ import annotations
 
-import importlib
 import operator
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,11 +24,12 @@ import torch
 from torch import fx, nn
 
 from anymask.deploy.kernels import LayerWeights, layer_weights
+from anymask.deploy.program_run import Program
 
 INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)  # = program_kernels' op kinds
 OP_FIELDS = [
     "kind", "src", "channels", "height", "width", "dst", "outputs", "out_height", "out_width", "residual",
-    "first_tap", "first_bias", "stride_h", "stride_w", "relu", "size", "mode", "scratch",
+    "first_tap", "first_bias", "stride_h", "stride_w", "relu", "size", "mode", "scratch", "border",
 ]  # fmt: skip
 SAME, PHASES, ROWS = range(3)  # = program_kernels' conv modes
 MAX_PAD = 3
@@ -321,59 +320,6 @@ def _taps(
     return counts, chan, dy, dx, offset, values
 
 
-@dataclass
-class Program:
-    """The encoded steps and the arena they need, callable on a float32 NCHW numpy batch."""
-
-    ops: np.ndarray  # (steps, len(OP_FIELDS)) int64
-    pad: int
-    indptr: np.ndarray
-    chan: np.ndarray
-    dy: np.ndarray
-    dx: np.ndarray
-    offset: np.ndarray
-    weight: np.ndarray
-    bias: np.ndarray
-    floats_per_image: int  # arena size for one image
-    outputs: int  # values per image
-    output_shape: tuple[int, ...]  # of one image's output: (features,) or (C, H, W)
-    shape: Shape
-    layers: int  # convolutions and linears
-    _arenas: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __call__(self, images: np.ndarray, chunk: int, threads: int) -> np.ndarray:
-        kernels = importlib.import_module("anymask.deploy.program_kernels")
-        total = images.shape[0]
-        chunk = max(1, min(chunk, total))
-        workers = max(1, min(threads, -(-total // chunk)))
-        logits = np.empty((total, self.outputs), dtype=np.float32)
-        args = (
-            self.ops,
-            self.pad,
-            self.indptr,
-            self.chan,
-            self.dy,
-            self.dx,
-            self.offset,
-            self.weight,
-            self.bias,
-        )
-        with self._lock:  # the arenas are shared; and numba's workqueue layer is not reentrant
-            arena = self._arena(chunk, workers)
-            if workers == 1:
-                kernels.run_serial(*args, images, chunk, arena[0], logits)
-            else:
-                kernels.run_parallel(*args, images, chunk, arena, logits)
-        return logits.reshape(total, *self.output_shape)
-
-    def _arena(self, chunk: int, workers: int) -> np.ndarray:
-        key = (chunk, workers)
-        if key not in self._arenas:
-            self._arenas[key] = np.zeros((workers, self.floats_per_image * chunk), dtype=np.float32)
-        return self._arenas[key]
-
-
 def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
     """Lower the folded `graph` for images of `shape` and encode it; raises Unsupported."""
     steps, flat_output = lower(graph, shape)
@@ -386,6 +332,7 @@ def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
         if s.kind == CONV and s.layer is not None
     }
     slots, scratch = _allocate(steps, shapes, pad, modes)
+    bordered = _read_with_border(steps)
     rows, counts, chans, dys, dxs, offsets, values, biases = [], [], [], [], [], [], [], []
     first_tap = first_bias = 0
     for step in steps:
@@ -405,6 +352,7 @@ def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
         row["stride_h"] = row["stride_w"] = row["size"] = step.pool
         row["mode"] = modes.get(id(step), 0)
         row["scratch"] = scratch[id(step)][0] if id(step) in scratch else 0
+        row["border"] = int(step.output in bordered)
         if step.layer is not None:
             count, chan, dy, dx, offset, value = _taps(
                 step.layer, shapes[step.inputs[0]], step.shape, pad, row["mode"]
@@ -442,6 +390,19 @@ def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
         shape=shape,
         layers=len(counts),
     )
+
+
+def _read_with_border(steps: list[Step]) -> set[fx.Node]:
+    """Tensors whose zero border some step reads: the input of a padded convolution, and the inputs of
+    an add or ReLU (which run over whole blocks) whose own output is read so. Every other tensor's
+    border is left as the arena had it: on the late layers of a network at batch 1 (4x4 planes),
+    zeroing borders cost more than the convolutions' arithmetic."""
+    bordered: set[fx.Node] = set()
+    for step in reversed(steps):
+        padded = step.kind == CONV and step.layer is not None and max(step.layer.padding) > 0
+        if padded or (step.kind in (ADD, RELU) and step.output in bordered):
+            bordered.update(step.inputs)
+    return bordered
 
 
 def _join(parts: list[np.ndarray], dtype: type) -> np.ndarray:

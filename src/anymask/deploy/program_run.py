@@ -1,0 +1,124 @@
+"""Running a compiled program (`program.compile_program`): arenas, threads, and how threads share a step.
+
+Two ways to use T threads. `shared=False`: the batch is cut into chunks and each thread runs whole
+chunks through the whole network in its own arena (no thread ever waits for another; the way for
+batches of at least T chunks). `shared=True`: all threads work on the same chunk, one step after the
+other, each claiming channel ranges ("units") of the step until none is left and waiting at the end of
+the step for the units others claimed (the way for batch 1, which is one chunk). Units are cut so that
+each carries about the same work (kept weights x output pixels for a convolution), a few per thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)  # = program_kernels' op kinds
+SAME, PHASES, ROWS = range(3)  # = program_kernels' conv modes
+UNITS_PER_THREAD = 4
+"""Most units a step is cut into, per thread: enough to even out threads that run at unequal speed."""
+MIN_UNIT_WORK = 4096
+"""Least work (multiply-adds or floats moved) worth a unit: below it, claiming costs more than it saves."""
+
+Shape = tuple[int, int, int]  # channels, height, width of one image
+
+
+@dataclass
+class Program:
+    """The encoded steps and the arena they need, callable on a float32 NCHW numpy batch."""
+
+    ops: np.ndarray  # (steps, len(OP_FIELDS)) int64
+    pad: int
+    indptr: np.ndarray
+    chan: np.ndarray
+    dy: np.ndarray
+    dx: np.ndarray
+    offset: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    floats_per_image: int  # arena size for one image
+    outputs: int  # values per image
+    output_shape: tuple[int, ...]  # of one image's output: (features,) or (C, H, W)
+    shape: Shape
+    layers: int  # convolutions and linears
+    _arenas: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _units: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __call__(self, images: np.ndarray, chunk: int, threads: int, shared: bool = False) -> np.ndarray:
+        kernels = importlib.import_module("anymask.deploy.program_loop")
+        total = images.shape[0]
+        chunk = max(1, min(chunk, total))
+        logits = np.empty((total, self.outputs), dtype=np.float32)
+        args = (
+            self.ops,
+            self.pad,
+            self.indptr,
+            self.chan,
+            self.dy,
+            self.dx,
+            self.offset,
+            self.weight,
+            self.bias,
+        )
+        with self._lock:  # the arenas are shared; and numba's workqueue layer is not reentrant
+            if shared and threads > 1:
+                units, bounds = self.share_units(chunk, threads)
+                counters = np.zeros(4 * len(self.ops) * -(-total // chunk), dtype=np.int64)
+                arena = self._arena(chunk, 1)[0]
+                kernels.run_shared(*args, images, chunk, arena, logits, units, bounds, counters, threads)
+                return logits.reshape(total, *self.output_shape)
+            workers = max(1, min(threads, -(-total // chunk)))
+            arena = self._arena(chunk, workers)
+            if workers == 1:
+                kernels.run_serial(*args, images, chunk, arena[0], logits)
+            else:
+                kernels.run_parallel(*args, images, chunk, arena, logits)
+        return logits.reshape(total, *self.output_shape)
+
+    def _arena(self, chunk: int, workers: int) -> np.ndarray:
+        key = (chunk, workers)
+        if key not in self._arenas:
+            self._arenas[key] = np.zeros((workers, self.floats_per_image * chunk), dtype=np.float32)
+        return self._arenas[key]
+
+    def share_units(self, chunk: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """(units, bounds): part k of the program (step k // 2; part 0 splits a strided conv's input,
+        part 1 is the step) has units bounds[units[k]] .. bounds[units[k + 1] - 1], consecutive channel
+        ranges; a part with fewer than two bounds is skipped."""
+        key = (chunk, threads)
+        if key not in self._units:
+            parts = [self._part_bounds(op, part, chunk, threads) for op in self.ops for part in (0, 1)]
+            starts = np.cumsum([0] + [len(b) for b in parts])
+            bounds = np.concatenate(parts) if parts else np.zeros(0)
+            self._units[key] = (starts.astype(np.int64), bounds.astype(np.int64))
+        return self._units[key]
+
+    def _part_bounds(self, op: np.ndarray, part: int, chunk: int, threads: int) -> np.ndarray:
+        costs = self._channel_costs(op, part) * chunk
+        if costs.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        total = float(costs.sum())
+        count = int(min(costs.size, UNITS_PER_THREAD * threads, max(1, total // MIN_UNIT_WORK)))
+        cumulative = np.cumsum(costs)
+        cuts = np.searchsorted(cumulative, total * np.arange(1, count) / count)
+        return np.unique(np.concatenate([[0], cuts + 1, [costs.size]])).clip(0, costs.size)
+
+    def _channel_costs(self, op: np.ndarray, part: int) -> np.ndarray:
+        """Work per channel of one part (per image): what its units are balanced on."""
+        kind, channels, height, width = op[0], op[2], op[3], op[4]
+        outputs, out_h, out_w = op[6], op[7], op[8]
+        if part == 0:
+            if kind != CONV or op[16] != PHASES:
+                return np.zeros(0)
+            return np.full(channels, float((height + 2 * self.pad) * (width + 2 * self.pad)))
+        if kind == OUTPUT:
+            return np.full(channels, float(height * width))
+        if kind in (CONV, LINEAR):
+            first = op[10]
+            taps = np.diff(self.indptr[first : first + outputs + 1]).astype(np.float64)
+            return (taps + 2.0) * out_h * out_w  # + the bias, residual, ReLU and border passes
+        return np.full(outputs, float((out_h + 2 * self.pad) * (out_w + 2 * self.pad)))
