@@ -1,13 +1,14 @@
 """The loop that runs a lowered program's steps (`program.py`) with the kernels of `program_kernels`.
 
-Imported only when numba is installed. Three ways to run a batch, all one numba call:
+Imported only when numba is installed. Three ways to run a batch:
 
 - `run_serial`: every chunk of images in the calling thread;
 - `run_parallel`: one parallel region; each thread runs its own chunks through the whole network in its
   own arena, so the threads never wait for each other between layers (a batch of many images);
-- `run_shared`: one parallel region; all threads work on each chunk, step after step, each claiming
-  channel ranges ("units") of the step until none is left, then waiting until every unit is done
-  before the next step (batch 1 is one chunk: without this it runs in one thread).
+- `share_batch`: called at once by the calling thread and helper threads (`program_run`); all work on
+  each chunk, step after step, each claiming channel ranges ("units") of the step until none is
+  left, then waiting until every unit is done before the next step (batch 1 is one chunk: without
+  this it runs in one thread).
 """
 
 from __future__ import annotations
@@ -214,8 +215,8 @@ def _share_chunk(
                 spins = 0
 
 
-@numba.njit(parallel=True, **_JIT)
-def run_shared(
+@numba.njit(**_JIT)
+def share_batch(
     ops,
     pad,
     indptr,
@@ -232,34 +233,33 @@ def run_shared(
     units,
     bounds,
     counters,
-    workers,
 ):  # pragma: no cover
-    """One parallel region in which `workers` threads share every step of each chunk, in one arena
-    (batch 1 has one chunk: without this it runs in one thread). `units`/`bounds` cut each step part
-    into channel ranges (`program.share_units`); `counters` holds (claimed, done) per part and chunk,
-    zeroed by the caller."""
+    """One thread's share of a batch that several threads run together, chunk after chunk, in one
+    arena: the calling thread and each helper thread (`program_run`) call this on the same arrays.
+    `units`/`bounds` cut each step part into channel ranges (`Program.share_units`); `counters`
+    holds (claimed, done) per part and chunk, zeroed, and new for every batch: a helper that starts
+    late finds a finished batch's units all claimed and touches nothing."""
     total = images.shape[0]
     per_chunk = 4 * ops.shape[0]
-    for _worker in numba.prange(workers):
-        for first in range(0, total, chunk):
-            n = min(chunk, total - first)
-            at = (first // chunk) * per_chunk
-            _share_chunk(
-                ops,
-                pad,
-                indptr,
-                chan,
-                dy,
-                dx,
-                offset,
-                weight,
-                bias,
-                images,
-                first,
-                n,
-                arena,
-                logits,
-                units,
-                bounds,
-                counters[at : at + per_chunk],
-            )
+    for first in range(0, total, chunk):
+        n = min(chunk, total - first)
+        at = (first // chunk) * per_chunk
+        _share_chunk(
+            ops,
+            pad,
+            indptr,
+            chan,
+            dy,
+            dx,
+            offset,
+            weight,
+            bias,
+            images,
+            first,
+            n,
+            arena,
+            logits,
+            units,
+            bounds,
+            counters[at : at + per_chunk],
+        )

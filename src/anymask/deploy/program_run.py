@@ -1,17 +1,25 @@
 """Running a compiled program (`program.compile_program`): arenas, threads, and how threads share a step.
 
 Two ways to use T threads. `shared=False`: the batch is cut into chunks and each thread runs whole
-chunks through the whole network in its own arena (no thread ever waits for another; the way for
-batches of at least T chunks). `shared=True`: all threads work on the same chunk, one step after the
-other, each claiming channel ranges ("units") of the step until none is left and waiting at the end of
-the step for the units others claimed (the way for batch 1, which is one chunk). Units are cut so that
-each carries about the same work (kept weights x output pixels for a convolution), a few per thread.
+chunks through the whole network in its own arena, in one numba parallel region (no thread ever waits
+for another; the way for batches of at least T chunks). `shared=True`: the calling thread and T - 1
+helper threads work on the same chunk, one step after the other, each claiming channel ranges
+("units") of the step until none is left and waiting at the end of the step for the units others
+claimed (the way for batch 1, which is one chunk). Units are cut so that each carries about the same
+work (kept weights x output pixels for a convolution), a few per thread.
+
+Why helpers and not a numba parallel region for `shared`: a region's threads sleep between calls,
+and waking them took about 90 us on this project's 2-core VM, with the calling thread idle meanwhile.
+Here the calling thread starts at once and a helper joins when the OS has woken it; nothing spins
+between calls, and nothing waits for a helper that never comes (claiming, not assigning).
 """
 
 from __future__ import annotations
 
 import importlib
+import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +55,7 @@ class Program:
     _arenas: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
     _units: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _helpers: Helpers = field(default_factory=lambda: Helpers(), repr=False)
 
     def __call__(self, images: np.ndarray, chunk: int, threads: int, shared: bool = False) -> np.ndarray:
         kernels = importlib.import_module("anymask.deploy.program_loop")
@@ -68,8 +77,9 @@ class Program:
             if shared and threads > 1:
                 units, bounds = self.share_units(chunk, threads)
                 counters = np.zeros(4 * len(self.ops) * -(-total // chunk), dtype=np.int64)
-                arena = self._arena(chunk, 1)[0]
-                kernels.run_shared(*args, images, chunk, arena, logits, units, bounds, counters, threads)
+                job = (*args, images, chunk, self._arena(chunk, 1)[0], logits, units, bounds, counters)
+                self._helpers.offer(job, threads - 1, kernels.share_batch)
+                kernels.share_batch(*job)
                 return logits.reshape(total, *self.output_shape)
             workers = max(1, min(threads, -(-total // chunk)))
             arena = self._arena(chunk, workers)
@@ -122,3 +132,41 @@ class Program:
             taps = np.diff(self.indptr[first : first + outputs + 1]).astype(np.float64)
             return (taps + 2.0) * out_h * out_w  # + the bias, residual, ReLU and border passes
         return np.full(outputs, float((out_h + 2 * self.pad) * (out_w + 2 * self.pad)))
+
+
+class Helpers:
+    """Threads that join the calling thread on a shared batch; each sleeps on its queue between batches.
+
+    `offer` hands a batch to the idle ones and never waits: a helper still busy with the previous batch
+    (or never woken, as after a fork) is simply not counted on, since the calling thread claims
+    whatever no helper has."""
+
+    def __init__(self) -> None:
+        self._queues: list[queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]]]] = []
+        self._idle: list[threading.Event] = []
+
+    def offer(self, job: tuple[object, ...], count: int, run: Callable[..., None]) -> None:
+        while len(self._queues) < count:
+            self._start()
+        for jobs, idle in zip(self._queues[:count], self._idle[:count], strict=True):
+            if idle.is_set():
+                idle.clear()
+                jobs.put((run, job))
+
+    def _start(self) -> None:
+        jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]]] = queue.SimpleQueue()
+        idle = threading.Event()
+        idle.set()
+        thread = threading.Thread(target=_help, args=(jobs, idle), name="anymask-program-helper", daemon=True)
+        thread.start()
+        self._queues.append(jobs)
+        self._idle.append(idle)
+
+
+def _help(
+    jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]]], idle: threading.Event
+) -> None:
+    while True:
+        run, job = jobs.get()
+        run(*job)  # a numba function without the GIL
+        idle.set()
