@@ -216,3 +216,31 @@ def test_mlflow_store_has_every_epoch_once_params_table_and_summary(
     assert [row["kept"] for row in layers] == [
         layer.kept for layer in Mask.load(folder / "mask.safetensors").layers()
     ]
+
+
+def test_mlflow_resume_after_a_kill_before_tracking_json_reuses_the_folders_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed between MLflow's create_run and the tracking.json write: the next process finds
+    the run by its folder tag and continues it, so the experiment holds one run, not an empty one more."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from anymask.tracking.trackers import MlflowTracker, TrackedRun
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file:{tmp_path / 'store'}"
+
+    def tracker(folder: Path) -> MlflowTracker:
+        run = TrackedRun(folder, folder.name, {"seed": 0}, "resume", uri, {}, 1, False)  # empty state
+        return MlflowTracker(run)
+
+    first = tracker(tmp_path / "run")
+    first.epoch(1, {"test_acc": 0.5})  # ... and the process dies before tracking.json is written
+    again = tracker(tmp_path / "run")
+    other = tracker(tmp_path / "other run")
+    assert again.run_id == first.run_id and again.logged == {1}
+    assert other.run_id != first.run_id
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("resume").experiment_id
+    assert len(client.search_runs([experiment])) == 2

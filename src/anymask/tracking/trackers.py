@@ -197,6 +197,10 @@ class WandbTracker(Tracker):
         self.handle.finish()
 
 
+FOLDER_TAG = "anymask.run_folder"
+"""The MLflow tag holding a run's folder: how a resumed run finds its MLflow run without tracking.json."""
+
+
 @TRACKERS.register("mlflow")
 class MlflowTracker(Tracker):
     """An MLflow run per run folder (its id kept in tracking.json), in experiment `log_project`: the config
@@ -212,13 +216,24 @@ class MlflowTracker(Tracker):
 
         self.client = MlflowClient(tracking_uri=run.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         if "run_id" not in run.state:
-            run.state["run_id"] = self.client.create_run(
-                self._experiment_id(),
-                run_name=run.name,
-                tags={"anymask.run_folder": str(run.folder.resolve())},
-            ).info.run_id
+            experiment = self._experiment_id()
+            folder = str(run.folder.resolve())
+            run.state["run_id"] = (
+                self._run_of_folder(experiment, folder)
+                or self.client.create_run(
+                    experiment, run_name=run.name, tags={FOLDER_TAG: folder}
+                ).info.run_id
+            )
         self.run_id = run.state["run_id"]
         self.logged = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
+
+    def _run_of_folder(self, experiment: str, folder: str) -> str | None:
+        """The MLflow run an earlier process made for this folder, if it was killed before tracking.json
+        recorded its id (else a resumed run would start a second, and leave the first empty)."""
+        if "'" in folder:  # cannot be quoted in a search filter: a new run it is
+            return None
+        found = self.client.search_runs([experiment], filter_string=f"tags.`{FOLDER_TAG}` = '{folder}'")
+        return found[0].info.run_id if found else None
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.run.project)
