@@ -223,7 +223,7 @@ def test_auto_times_all_threads_on_one_image_below_a_chunk_per_thread(
         timed.append(run)
         return 0.5 if len(timed) == 2 else 1.0  # the second candidate, the shared run, is fastest
 
-    monkeypatch.setattr(inference, "_best_time", fake_time)
+    monkeypatch.setattr(inference, "_typical_time", fake_time)
     model = _trained_like("resnet20", 0.98)
     sparse = sparse_inference_model(model, threads=2)
     x = torch.randn(1, 3, 32, 32)

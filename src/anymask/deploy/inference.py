@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import operator
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -52,8 +53,9 @@ _NOTICES: set[str] = set()
 MAX_SPARSE_DENSITY = 0.5
 """Above this density `auto` does not even time the sparse kernels: a kernel that skips zeros does the
 dense kernel's work there, less efficiently (docs/performance.md)."""
-TUNE_REPEATS = 3
-"""Timed calls per candidate kernel when a layer first sees a batch size (after one untimed call)."""
+TUNE_REPEATS = 5
+"""Timed calls per candidate when a layer or the program first sees a batch shape (after one untimed
+call); `auto` compares their medians."""
 
 
 def notice(message: str) -> None:
@@ -103,7 +105,9 @@ class InferenceLayer(nn.Module):
             return self.policy if self.policy in self.kernels else "dense"
         if len(self.kernels) == 1:
             return "dense"
-        timings = {name: _best_time(lambda k=kernel: k(x, residual)) for name, kernel in self.kernels.items()}
+        timings = {
+            name: _typical_time(lambda k=kernel: k(x, residual)) for name, kernel in self.kernels.items()
+        }
         return min(timings, key=timings.__getitem__)
 
     def extra_repr(self) -> str:
@@ -111,14 +115,18 @@ class InferenceLayer(nn.Module):
         return f"{shape}, density {self.weights.density:.4f}, relu={self.weights.relu}, kernels={self.choice}"
 
 
-def _best_time(run: Callable[[], object]) -> float:
-    run()  # untimed: compiles (numba) or loads the compiled code, warms the caches
-    best = float("inf")
+def _typical_time(run: Callable[[], object]) -> float:
+    """Median seconds of TUNE_REPEATS calls, after one untimed call (it compiles or loads numba code
+    and warms the caches). The median, not the best: threads sharing an image wait for a helper to
+    wake, which varies from call to call, and the best of a few calls made that look faster than it
+    is on the run that matters."""
+    run()
+    times = []
     for _ in range(TUNE_REPEATS):
         begin = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - begin)
-    return best
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,7 @@ class SparseInference(nn.Module):
             runs[Choice(LAYERS)] = lambda: self.graph_module(x)
         if len(runs) == 1:
             return next(iter(runs))
-        timings = {choice: _best_time(run) for choice, run in runs.items()}
+        timings = {choice: _typical_time(run) for choice, run in runs.items()}
         return min(timings, key=timings.__getitem__)
 
     def layers(self) -> dict[str, InferenceLayer]:
