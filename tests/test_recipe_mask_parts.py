@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from torch import nn
 
+from anymask.config import RunConfig
 from anymask.data.base import ImageDataset
 from anymask.errors import AnymaskError
 from anymask.flops import counting_macs, layer_macs
@@ -27,11 +28,13 @@ from anymask.masks.mask import Mask
 from anymask.models import create_model
 from anymask.models.calling import ModelCall
 from anymask.recipe import Recipe, RecipeContext
+from anymask.recipe.choices import CHOICES
 from anymask.recipe.distill import distillation_loss
 from anymask.recipe.fold import centre_fits, parse_branches
 from anymask.recipe.ghost_weights import outside_share
 from anymask.recipe.sparse_init import unit_scales
 from anymask.train import Trainer, run_experiment
+from anymask.train.run import validate
 from quick_runs import quick_config
 from test_recipe import run_config
 
@@ -404,3 +407,16 @@ def test_fade_scales_the_weights_outside_the_mask_to_the_schedule_and_to_zero_at
     assert torch.allclose(weight[outside], 0.25 * start[outside])
     recipe.update(4.0)
     assert torch.all(weight[outside] == 0) and torch.equal(weight[kept], start[kept])
+
+
+@pytest.mark.parametrize("key", [*CHOICES, "fold_branches"])
+@pytest.mark.parametrize("recipe", ["default", "tost"])
+def test_a_misspelt_named_setting_is_one_line_even_when_its_part_is_off(key: str, recipe: str) -> None:
+    """Under `default` no part is on, so no part would have read the setting: validate still says which
+    setting and which names it takes."""
+    config = RunConfig.from_flat({"recipe": recipe, key: "sqeeze"})
+    with pytest.raises(
+        AnymaskError, match=f"^(unknown {key} 'sqeeze'; choose one of: |{key} 'sqeeze': use )"
+    ):
+        validate(config)
+    validate(RunConfig.from_flat({"recipe": recipe}))  # the defaults pass

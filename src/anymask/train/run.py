@@ -42,6 +42,7 @@ from anymask.models import MODELS, create_model
 from anymask.models.init import DEFAULT as DEFAULT_INIT
 from anymask.models.init import INITS
 from anymask.recipe import Recipe
+from anymask.recipe.choices import check_recipe_choices
 from anymask.sparse_training import SparseTraining
 from anymask.train.checkpoint import CHECKPOINT, load_checkpoint, load_weights, save_checkpoint, save_weights
 from anymask.train.distributed import (
@@ -95,6 +96,7 @@ def validate(config: RunConfig) -> None:
     if config.train.device != "auto":
         check_device_name(config.train.device)
     Recipe.from_config(config.recipe, config.train.epochs)  # each part checks its settings as it is built
+    check_recipe_choices(config.recipe)  # and the named settings of the parts that are off
     if method == "lth":
         _check_lottery_ticket(config)
     if config.mask.mask_file and not Path(config.mask.mask_file).is_file():
