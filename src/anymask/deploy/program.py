@@ -24,14 +24,25 @@ import torch
 from torch import fx, nn
 
 from anymask.deploy.kernels import LayerWeights, layer_weights
-from anymask.deploy.program_run import Program
+from anymask.deploy.program_run import (
+    ADD,
+    CONV,
+    INPUT,
+    LINEAR,
+    MAXPOOL,
+    MEANPOOL,
+    OUTPUT,
+    PHASES,
+    RELU,
+    ROWS,
+    SAME,
+    Program,
+)
 
-INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)  # = program_kernels' op kinds
 OP_FIELDS = [
     "kind", "src", "channels", "height", "width", "dst", "outputs", "out_height", "out_width", "residual",
     "first_tap", "first_bias", "stride_h", "stride_w", "relu", "size", "mode", "scratch", "border",
 ]  # fmt: skip
-SAME, PHASES, ROWS = range(3)  # = program_kernels' conv modes
 MAX_PAD = 3
 """Largest convolution padding lowered (every tensor carries a border this wide)."""
 

@@ -32,10 +32,6 @@ _U = numba.uint64
 kept LLVM from vectorising a loop over `arena[at + k]` (and slices, the other way round it, cost a
 reference count each; on 4x4 planes at batch 1 either cost more than the arithmetic: measured)."""
 
-# op kinds (column 0 of the ops table); the column layout is `program.OP_FIELDS`
-INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)
-SAME, PHASES, ROWS = range(3)  # how a conv runs (column 16): see `program.conv_mode`
-
 
 @numba.njit(**_JIT)
 def _zero_border(arena, base, lo, hi, height, width, pad, n):  # pragma: no cover

@@ -18,16 +18,6 @@ import numba
 from anymask.deploy.numba_atomics import fetch_add, load_acquire, relax
 from anymask.deploy.program_kernels import (
     _JIT,
-    ADD,
-    CONV,
-    INPUT,
-    LINEAR,
-    MAXPOOL,
-    MEANPOOL,
-    OUTPUT,
-    PHASES,
-    RELU,
-    SAME,
     _add,
     _conv_flat,
     _conv_rows,
@@ -39,6 +29,7 @@ from anymask.deploy.program_kernels import (
     _split_phases,
     _store,
 )
+from anymask.deploy.program_run import ADD, CONV, INPUT, LINEAR, MAXPOOL, MEANPOOL, OUTPUT, PHASES, RELU, SAME
 
 SPINS_BEFORE_YIELD = 2000
 """Checks of a step's counter before a waiting thread gives its core away (a busy machine)."""
@@ -83,46 +74,14 @@ def run_chunk(
     """The program on images[first : first + n], in `arena`, into logits[first : first + n]."""
     for index in range(ops.shape[0]):
         op = ops[index]
-        if op[0] == CONV and op[16] == PHASES:
-            _step(
-                op,
-                0,
-                0,
-                op[2],
-                pad,
-                indptr,
-                chan,
-                dy,
-                dx,
-                offset,
-                weight,
-                bias,
-                images,
-                first,
-                n,
-                arena,
-                logits,
-            )
         channels = op[2] if op[0] == OUTPUT else op[6]  # what the step writes
-        _step(
-            op,
-            1,
-            0,
-            channels,
-            pad,
-            indptr,
-            chan,
-            dy,
-            dx,
-            offset,
-            weight,
-            bias,
-            images,
-            first,
-            n,
-            arena,
-            logits,
-        )
+        # fmt: off
+        if op[0] == CONV and op[16] == PHASES:
+            _step(op, 0, 0, op[2], pad, indptr, chan, dy, dx, offset, weight, bias, images, first, n, arena,
+                  logits)
+        _step(op, 1, 0, channels, pad, indptr, chan, dy, dx, offset, weight, bias, images, first, n, arena,
+              logits)
+        # fmt: on
 
 
 @numba.njit(**_JIT)
@@ -152,26 +111,13 @@ def run_parallel(
             )
 
 
+# fmt: off
 @numba.njit(**_JIT)
 def _share_chunk(
-    ops,
-    pad,
-    indptr,
-    chan,
-    dy,
-    dx,
-    offset,
-    weight,
-    bias,
-    images,
-    first,
-    n,
-    arena,
-    logits,
-    units,
-    bounds,
+    ops, pad, indptr, chan, dy, dx, offset, weight, bias, images, first, n, arena, logits, units, bounds,
     counters,
 ):  # pragma: no cover
+    # fmt: on
     """One worker's share of one chunk: it claims units of each step until none is left, then waits
     until every unit of the step is done (by whichever thread claimed it) before the next step.
     Claiming, not assigning, is what makes this safe: a thread that never starts leaves its share to
@@ -187,25 +133,12 @@ def _share_chunk(
             if unit >= count:
                 break
             at = units[part_index] + unit
+            # fmt: off
             _step(
-                op,
-                part_index % 2,
-                bounds[at],
-                bounds[at + 1],
-                pad,
-                indptr,
-                chan,
-                dy,
-                dx,
-                offset,
-                weight,
-                bias,
-                images,
-                first,
-                n,
-                arena,
-                logits,
+                op, part_index % 2, bounds[at], bounds[at + 1], pad, indptr, chan, dy, dx, offset, weight,
+                bias, images, first, n, arena, logits,
             )
+            # fmt: on
             fetch_add(counters, done, 1)
         spins = 0
         while load_acquire(counters, done) < count:
@@ -215,25 +148,13 @@ def _share_chunk(
                 spins = 0
 
 
+# fmt: off
 @numba.njit(**_JIT)
 def share_batch(
-    ops,
-    pad,
-    indptr,
-    chan,
-    dy,
-    dx,
-    offset,
-    weight,
-    bias,
-    images,
-    chunk,
-    arena,
-    logits,
-    units,
-    bounds,
+    ops, pad, indptr, chan, dy, dx, offset, weight, bias, images, chunk, arena, logits, units, bounds,
     counters,
 ):  # pragma: no cover
+    # fmt: on
     """One thread's share of a batch that several threads run together, chunk after chunk, in one
     arena: the calling thread and each helper thread (`program_run`) call this on the same arrays.
     `units`/`bounds` cut each step part into channel ranges (`Program.share_units`); `counters`
@@ -244,22 +165,9 @@ def share_batch(
     for first in range(0, total, chunk):
         n = min(chunk, total - first)
         at = (first // chunk) * per_chunk
+        # fmt: off
         _share_chunk(
-            ops,
-            pad,
-            indptr,
-            chan,
-            dy,
-            dx,
-            offset,
-            weight,
-            bias,
-            images,
-            first,
-            n,
-            arena,
-            logits,
-            units,
-            bounds,
-            counters[at : at + per_chunk],
+            ops, pad, indptr, chan, dy, dx, offset, weight, bias, images, first, n, arena, logits, units,
+            bounds, counters[at : at + per_chunk],
         )
+        # fmt: on

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)  # = program_kernels' op kinds
-SAME, PHASES, ROWS = range(3)  # = program_kernels' conv modes
+# op kinds (column 0 of the ops table) and conv modes (column 16), for lowering and the numba kernels alike
+INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)
+SAME, PHASES, ROWS = range(3)  # how a conv runs: see `program.conv_mode`
 UNITS_PER_THREAD = 4
 """Most units a step is cut into, per thread: enough to even out threads that run at unequal speed."""
 MIN_UNIT_WORK = 4096
