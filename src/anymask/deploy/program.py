@@ -36,6 +36,7 @@ from anymask.deploy.program_run import (
     RELU,
     ROWS,
     SAME,
+    VECTOR,
     Program,
 )
 
@@ -395,12 +396,23 @@ def compile_program(graph: fx.GraphModule, shape: Shape) -> Program:
         offset=_join(offsets, np.int64),
         weight=_join(values, np.float32),
         bias=_join(biases, np.float32),
-        floats_per_image=max([start + size for start, size in [*slots.values(), *scratch.values()]] + [1]),
+        floats_per_image=_arena_end(slots, scratch, shapes, pad),
         outputs=int(np.prod(output.shape)),
         output_shape=(int(np.prod(output.shape)),) if flat_output else output.shape,
         shape=shape,
         layers=len(counts),
     )
+
+
+def _arena_end(
+    slots: dict[fx.Node, tuple[int, int]], scratch: dict[int, tuple[int, int]], shapes: dict, pad: int
+) -> int:
+    """Floats per image: the slots, and room after the last one for what a conv's last pass reads
+    beyond its input's last plane (a tap reaches up to pad rows and columns on, and the pass is
+    rounded up to whole vectors: `program_kernels._conv_flat`)."""
+    end = max([start + size for start, size in [*slots.values(), *scratch.values()]] + [1])
+    widest = max([width for _, _, width in shapes.values()] + [1])
+    return end + pad * (widest + 2 * pad + 1) + VECTOR
 
 
 def _read_with_border(steps: list[Step]) -> set[fx.Node]:

@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from anymask.deploy.numba_kernels import prefer_passive_threads
+from anymask.deploy.program_run import VECTOR
 
 prefer_passive_threads()
 
@@ -37,31 +38,47 @@ reference count each; on 4x4 planes at batch 1 either cost more than the arithme
 def _zero_border(arena, base, lo, hi, height, width, pad, n):  # pragma: no cover
     """Zero the P-pixel border of channel planes lo..hi-1 of the block at `base` (absolute offset).
     A row's right border and the next row's left border are one run of memory, and so are a plane's
-    bottom rows and the next plane's top rows: one slice each."""
+    bottom rows and the next plane's top rows: one loop each (loops, not slices: on 4x4 planes a
+    slice's reference count cost more than the zeroing)."""
     if hi <= lo:
         return
     pitch = (width + 2 * pad) * n
     plane = (height + 2 * pad) * pitch
-    edge = pad * n
-    first = pad * pitch + edge  # the first interior float
+    edge = _U(2 * pad * n)
+    first = pad * pitch + pad * n  # the first interior float
     tail = first + (height - 1) * pitch + width * n  # the last row's right border onwards
-    arena[base + lo * plane : base + lo * plane + first] = 0.0
+    _fill(arena, _U(base + lo * plane), _U(first), np.float32(0.0))
     for c in range(lo, hi):
         start = base + c * plane
-        for i in range(height - 1):
-            gap = start + first + i * pitch + width * n
-            arena[gap : gap + 2 * edge] = 0.0
+        gaps = _U(start + first + width * n)
+        if edge < VECTOR:  # a few floats per gap: column by column, not one memset call per gap
+            for e in range(edge):
+                for i in range(_U(height - 1)):
+                    arena[gaps + i * _U(pitch) + e] = np.float32(0.0)
+        else:
+            for i in range(_U(height - 1)):
+                _fill(arena, gaps + i * _U(pitch), edge, np.float32(0.0))
         end = start + plane + first if c + 1 < hi else start + plane
-        arena[start + tail : end] = 0.0
+        _fill(arena, _U(start + tail), _U(end - start - tail), np.float32(0.0))
+
+
+@numba.njit(**_JIT)
+def _fill(arena, at, length, value):  # pragma: no cover
+    for k in range(length):
+        arena[at + k] = value
 
 
 @numba.njit(**_JIT)
 def _finish(arena, at, length, residual, add_residual, relu):  # pragma: no cover
-    """arena[at : at + length] += arena[residual : residual + length] (if add_residual), then ReLU."""
-    if add_residual:
+    """arena[at : at + length] += arena[residual : residual + length] (if add_residual), then ReLU;
+    one pass when both."""
+    if add_residual and relu:
+        for k in range(length):
+            arena[at + k] = max(arena[at + k] + arena[residual + k], np.float32(0.0))
+    elif add_residual:
         for k in range(length):
             arena[at + k] += arena[residual + k]
-    if relu:
+    elif relu:
         for k in range(length):
             arena[at + k] = max(arena[at + k], np.float32(0.0))
 
@@ -80,40 +97,85 @@ def _conv_flat(arena, n, pad, op, lo, hi, src_at, indptr, offset, weight, bias):
     last = ((pad + out_h - 1) * pitch + pad + out_w) * n  # one past the last one
     for o in range(lo, hi):
         base = dst_at + o * plane
-        tap_lo, tap_hi = indptr[first_tap + o], indptr[first_tap + o + 1]
-        value = bias[first_bias + o]
         for start in range(first, last, BLOCK):
-            length = _U(min(BLOCK, last - start))
+            length = min(BLOCK, last - start)
+            if start + length == last:
+                # Whole vectors: the last block runs on into the plane's bottom border (zeroed after
+                # when read, like the border columns), so a short plane's passes (22 floats for 4x4
+                # at batch 1) do not end in scalar remainder loops.
+                length = min((length + VECTOR - 1) // VECTOR * VECTOR, plane - start)
             out = _U(base + start)
-            for k in range(length):
-                arena[out + k] = value
-            t = tap_lo
-            while t + 4 <= tap_hi:  # four taps per pass: a quarter of the loads and stores of `out`
-                a0, a1 = _U(src_at + offset[t] * n + start), _U(src_at + offset[t + 1] * n + start)
-                a2, a3 = _U(src_at + offset[t + 2] * n + start), _U(src_at + offset[t + 3] * n + start)
-                w0, w1, w2, w3 = weight[t], weight[t + 1], weight[t + 2], weight[t + 3]
-                for k in range(length):
-                    arena[out + k] += (
-                        w0 * arena[a0 + k] + w1 * arena[a1 + k] + w2 * arena[a2 + k] + w3 * arena[a3 + k]
-                    )
-                t += 4
-            if t + 2 <= tap_hi:  # and a pair
-                a0, a1, w0, w1 = (
-                    _U(src_at + offset[t] * n + start),
-                    _U(src_at + offset[t + 1] * n + start),
-                    weight[t],
-                    weight[t + 1],
-                )
-                for k in range(length):
-                    arena[out + k] += w0 * arena[a0 + k] + w1 * arena[a1 + k]
-                t += 2
-            if t < tap_hi:
-                a0, w0 = _U(src_at + offset[t] * n + start), weight[t]
-                for k in range(length):
-                    arena[out + k] += w0 * arena[a0 + k]
-            _finish(arena, out, length, _U(residual_at + o * plane + start), residual_at >= 0, relu)
+            # the ReLU rides in the last tap pass, unless a residual comes first
+            floor = np.float32(0.0) if relu and residual_at < 0 else np.float32(-np.inf)
+            _taps(arena, out, _U(length), src_at + start, n, indptr[first_tap + o], indptr[first_tap + o + 1],
+                  offset, weight, bias[first_bias + o], floor)  # fmt: skip
+            if residual_at >= 0:
+                _finish(arena, out, _U(length), _U(residual_at + o * plane + start), True, relu)
     if op[18]:
         _zero_border(arena, dst_at, lo, hi, out_h, out_w, pad, n)
+
+
+@numba.njit(**_JIT)
+def _taps(arena, out, length, src, n, tap_lo, tap_hi, offset, weight, value, floor):  # pragma: no cover
+    """arena[out : out + length] = max(value + the sum of taps tap_lo..tap_hi-1, floor), each tap
+    reading at src + offset * n; floor 0 is a fused ReLU, -inf none. Four taps per pass (a quarter of
+    the loads and stores of `out`), the first pass writing the bias too, each pass clamped (so the last
+    one leaves the ReLU done: a separate ReLU pass cost a third of a step on 4x4 planes at batch 1,
+    where each pass has a fixed cost)."""
+    count = tap_hi - tap_lo
+    if count == 0:
+        _fill(arena, out, length, max(value, floor))
+        return
+    t = tap_lo + min(count, 4)
+    last = count - 1  # a missing tap reads the last one's plane, with weight 0 (not read at all below)
+    a0, a1 = _U(src + offset[tap_lo] * n), _U(src + offset[tap_lo + min(last, 1)] * n)
+    a2, a3 = _U(src + offset[tap_lo + min(last, 2)] * n), _U(src + offset[tap_lo + min(last, 3)] * n)
+    w0 = weight[tap_lo]
+    w1 = weight[tap_lo + 1] if count > 1 else np.float32(0.0)
+    w2 = weight[tap_lo + 2] if count > 2 else np.float32(0.0)
+    w3 = weight[tap_lo + 3] if count > 3 else np.float32(0.0)
+    # max(x, floor) on a partial sum is harmless only if later passes cannot lower it: they can, so
+    # every pass but the last uses -inf. (A ReLU after partial sums would be wrong.)
+    clamp = floor if count <= 4 else np.float32(-np.inf)
+    if count >= 4:
+        for k in range(length):
+            arena[out + k] = max(
+                value + (w0 * arena[a0 + k] + w1 * arena[a1 + k] + w2 * arena[a2 + k] + w3 * arena[a3 + k]),
+                clamp,
+            )
+    elif count == 3:
+        for k in range(length):
+            arena[out + k] = max(
+                value + (w0 * arena[a0 + k] + w1 * arena[a1 + k] + w2 * arena[a2 + k]), clamp
+            )
+    elif count == 2:
+        for k in range(length):
+            arena[out + k] = max(value + (w0 * arena[a0 + k] + w1 * arena[a1 + k]), clamp)
+    else:
+        for k in range(length):
+            arena[out + k] = max(value + w0 * arena[a0 + k], clamp)
+    while t + 4 <= tap_hi:
+        a0, a1 = _U(src + offset[t] * n), _U(src + offset[t + 1] * n)
+        a2, a3 = _U(src + offset[t + 2] * n), _U(src + offset[t + 3] * n)
+        w0, w1, w2, w3 = weight[t], weight[t + 1], weight[t + 2], weight[t + 3]
+        clamp = floor if t + 4 == tap_hi else np.float32(-np.inf)
+        for k in range(length):
+            arena[out + k] = max(
+                arena[out + k]
+                + (w0 * arena[a0 + k] + w1 * arena[a1 + k] + w2 * arena[a2 + k] + w3 * arena[a3 + k]),
+                clamp,
+            )
+        t += 4
+    if t + 2 <= tap_hi:
+        a0, a1, w0, w1 = _U(src + offset[t] * n), _U(src + offset[t + 1] * n), weight[t], weight[t + 1]
+        clamp = floor if t + 2 == tap_hi else np.float32(-np.inf)
+        for k in range(length):
+            arena[out + k] = max(arena[out + k] + (w0 * arena[a0 + k] + w1 * arena[a1 + k]), clamp)
+        t += 2
+    if t < tap_hi:
+        a0, w0 = _U(src + offset[t] * n), weight[t]
+        for k in range(length):
+            arena[out + k] = max(arena[out + k] + w0 * arena[a0 + k], floor)
 
 
 @numba.njit(**_JIT)
@@ -139,26 +201,25 @@ def _split_phases(arena, n, pad, op, lo, hi):  # pragma: no cover
                     y = pad + sh * (a - pad) + py
                     row = base + a * out_pitch * n
                     if y < 0 or y >= rows or b_hi <= b_lo:
-                        arena[row : row + out_pitch * n] = 0.0
+                        _fill(arena, _U(row), _U(out_pitch * n), np.float32(0.0))
                         continue
-                    arena[row : row + b_lo * n] = 0.0
-                    arena[row + b_hi * n : row + out_pitch * n] = 0.0
+                    _fill(arena, _U(row), _U(b_lo * n), np.float32(0.0))
+                    _fill(arena, _U(row + b_hi * n), _U((out_pitch - b_hi) * n), np.float32(0.0))
                     src_row = src_at + c * plane + (y * pitch + pad - sw * pad + px) * n
                     if n == 1:
                         for b in range(b_lo, b_hi):
-                            arena[row + b] = arena[src_row + sw * b]
+                            arena[_U(row + b)] = arena[_U(src_row + sw * b)]
                     else:
                         for b in range(b_lo, b_hi):
-                            s0, d0 = src_row + sw * b * n, row + b * n
-                            for k in range(n):
+                            s0, d0 = _U(src_row + sw * b * n), _U(row + b * n)
+                            for k in range(_U(n)):
                                 arena[d0 + k] = arena[s0 + k]
 
 
 @numba.njit(**_JIT)
 def _conv_rows(arena, n, pad, op, lo, hi, indptr, chan, dy, dx, weight, bias):  # pragma: no cover
     """Output channels lo..hi-1, any stride and output size: row by row, each tap one (strided) row
-    update. Indices are unsigned (see `_conv_flat`); stride 2 at batch 1 has its own loop, which
-    LLVM vectorises as an interleaved load."""
+    update (batch 1: pixel by pixel). Indices are unsigned (see `_conv_flat`)."""
     src_at, height, width = op[1] * n, op[3], op[4]
     dst_at, out_h, out_w = op[5] * n, op[7], op[8]
     residual_at = op[9] * n if op[9] >= 0 else -1
@@ -168,6 +229,7 @@ def _conv_rows(arena, n, pad, op, lo, hi, indptr, chan, dy, dx, weight, bias):  
     out_pitch = out_w + 2 * pad
     out_plane = (out_h + 2 * pad) * out_pitch * n
     row_len, columns, stride = _U(out_w * n), _U(out_w), _U(sw)
+    floor = np.float32(0.0) if relu else np.float32(-np.inf)
     for o in range(lo, hi):
         base = dst_at + o * out_plane
         tap_lo, tap_hi = indptr[first_tap + o], indptr[first_tap + o + 1]
@@ -175,25 +237,28 @@ def _conv_rows(arena, n, pad, op, lo, hi, indptr, chan, dy, dx, weight, bias):  
         for i in range(out_h):
             signed_at = base + ((pad + i) * out_pitch + pad) * n
             at = _U(signed_at)
-            for k in range(row_len):
-                arena[at + k] = value
+            # the ReLU rides in the last tap's pass (each pass over a short row has a fixed cost)
+            _fill(arena, at, row_len, value if tap_hi > tap_lo or residual_at >= 0 else max(value, floor))
             for t in range(tap_lo, tap_hi):
                 src = _U(src_at + chan[t] * plane + ((pad + i * sh + dy[t]) * pitch + pad + dx[t]) * n)
                 w = weight[t]
+                clamp = floor if t + 1 == tap_hi and residual_at < 0 else np.float32(-np.inf)
                 if sw == 1:
                     for k in range(row_len):
-                        arena[at + k] += w * arena[src + k]
-                elif n == 1 and sw == 2:
+                        arena[at + k] = max(arena[at + k] + w * arena[src + k], clamp)
+                elif n == 1 and sw == 2:  # LLVM vectorises this one as an interleaved load
                     for j in range(columns):
-                        arena[at + j] += w * arena[src + _U(2) * j]
+                        arena[at + j] = max(arena[at + j] + w * arena[src + _U(2) * j], clamp)
                 elif n == 1:
                     for j in range(columns):
-                        arena[at + j] += w * arena[src + j * stride]
+                        arena[at + j] = max(arena[at + j] + w * arena[src + j * stride], clamp)
                 else:
                     for j in range(out_w):
                         for k in range(n):
-                            arena[at + _U(j * n + k)] += w * arena[src + _U(j * sw * n + k)]
-            _finish(arena, at, row_len, _U(residual_at + signed_at - dst_at), residual_at >= 0, relu)
+                            index = at + _U(j * n + k)
+                            arena[index] = max(arena[index] + w * arena[src + _U(j * sw * n + k)], clamp)
+            if residual_at >= 0:
+                _finish(arena, at, row_len, _U(residual_at + signed_at - dst_at), True, relu)
     if op[18]:
         _zero_border(arena, dst_at, lo, hi, out_h, out_w, pad, n)
 
@@ -229,14 +294,23 @@ def _mean_pool(arena, n, pad, op, lo, hi):  # pragma: no cover
     centre = (pad * (1 + 2 * pad) + pad) * n
     scale = np.float32(1.0 / (height * width))
     for c in range(lo, hi):
-        dst = dst_at + c * out_plane + centre
-        for k in range(n):
+        dst = _U(dst_at + c * out_plane + centre)
+        if n == 1:  # one sum, in a register
             total = np.float32(0.0)
             for i in range(height):
-                row = src_at + c * plane + ((pad + i) * pitch + pad) * n + k
-                for j in range(width):
-                    total += arena[row + j * n]
-            arena[dst + k] = total * scale
+                row = _U(src_at + c * plane + (pad + i) * pitch + pad)
+                for j in range(_U(width)):
+                    total += arena[row + j]
+            arena[dst] = total * scale
+            continue
+        _fill(arena, dst, _U(n), np.float32(0.0))
+        for i in range(height):  # batch innermost: n sums side by side, each in the same order
+            row = _U(src_at + c * plane + ((pad + i) * pitch + pad) * n)
+            for j in range(_U(width)):
+                for k in range(_U(n)):
+                    arena[dst + k] += arena[row + j * _U(n) + k]
+        for k in range(_U(n)):
+            arena[dst + k] *= scale
     if op[18]:
         _zero_border(arena, dst_at, lo, hi, 1, 1, pad, n)
 
@@ -288,12 +362,15 @@ def _load(arena, n, pad, op, lo, hi, images, first):  # pragma: no cover
     dst_at, height, width = op[5] * n, op[7], op[8]
     pitch = width + 2 * pad
     plane = (height + 2 * pad) * pitch * n
+    flat = images.reshape(-1)
+    channels = images.shape[1]
     for c in range(lo, hi):
         for i in range(height):
-            row = dst_at + c * plane + ((pad + i) * pitch + pad) * n
-            for j in range(width):
-                for k in range(n):
-                    arena[row + j * n + k] = images[first + k, c, i, j]
+            row = _U(dst_at + c * plane + ((pad + i) * pitch + pad) * n)
+            for k in range(_U(n)):  # read each image's row in order, write it batch-innermost
+                src = _U((((first + k) * channels + c) * height + i) * width)
+                for j in range(_U(width)):
+                    arena[row + j * _U(n) + k] = flat[src + j]
     if op[18]:
         _zero_border(arena, dst_at, lo, hi, height, width, pad, n)
 

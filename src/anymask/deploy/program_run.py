@@ -27,6 +27,9 @@ import numpy as np
 # op kinds (column 0 of the ops table) and conv modes (column 16), for lowering and the numba kernels alike
 INPUT, CONV, MAXPOOL, MEANPOOL, LINEAR, ADD, RELU, OUTPUT = range(8)
 SAME, PHASES, ROWS = range(3)  # how a conv runs: see `program.conv_mode`
+VECTOR = 8
+"""Floats in one AVX2 register: a conv's pass over a short plane is rounded up to whole vectors
+(`program_kernels._conv_flat`), and the arena leaves room for it (`program._arena_end`)."""
 UNITS_PER_THREAD = 4
 """Most units a step is cut into, per thread: enough to even out threads that run at unequal speed."""
 MIN_UNIT_WORK = 4096
