@@ -50,8 +50,10 @@ PLOT_LABELS = {
     "onnxruntime": "onnxruntime (dense)",
     "sparse": "anymask SparseInference",
 }
-GAP = 0.02
-"""Seconds of pause before each timed burst (see `bursts`)."""
+GAP = 0.1
+"""Seconds of pause before each timed burst (see `bursts`): longer than any case's threads spin after
+a call (measured: onnxruntime's about 40 ms of CPU, PyTorch's OpenMP about 10 ms; 20 ms was too short
+and onnxruntime's spinning took a core from whichever case came next)."""
 BURST = 0.02
 """Seconds of calls per timed burst (at least one call)."""
 LABELS = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "vgg16": "VGG-16", "mobilenetv2": "MobileNetV2"}
@@ -174,9 +176,10 @@ def bursts(cases: dict[str, Callable[[], object]], seconds: float) -> dict[str, 
     Before each burst: a pause of GAP seconds, then one untimed call. The pause lets the thread pool
     of the case before stop spinning (onnxruntime's and PyTorch's OpenMP threads spin for a while
     after each call, and on 2 cores they take the next case's cores: timed back to back, onnxruntime
-    measured 3.4 ms for MobileNetV2 at batch 1, and 1.2-1.4 ms in bursts); the untimed call wakes the
-    case's own threads, as a stream of requests keeps them awake. So each case is timed as it would
-    run alone in its own server process.
+    measured 3.4 ms for MobileNetV2 at batch 1, and 1.2-1.4 ms in bursts; with a 20 ms pause,
+    onnxruntime still spinning slowed the program at batch 64 from 3.9 to 6.7 ms); the untimed call
+    wakes the case's own threads, as a stream of requests keeps them awake. So each case is timed as
+    it would run alone in its own server process.
     """
     names = list(cases)
     per_call = {}
