@@ -17,9 +17,12 @@ Every producer rewrites its whole output block, border included, so arena slots 
 
 from __future__ import annotations
 
+import sys
+
 import numba
 import numpy as np
 
+from anymask.deploy.numba_cache import key_on_sources
 from anymask.deploy.numba_kernels import prefer_passive_threads
 from anymask.deploy.program_run import VECTOR
 
@@ -389,3 +392,6 @@ def _store(arena, n, pad, op, lo, hi, logits, first):  # pragma: no cover
                 column = (c * height + i) * width + j
                 for k in range(n):
                     logits[first + k, column] = arena[src + k]
+
+
+key_on_sources(sys.modules[__name__])  # numba keys a cache on its own file only: see numba_cache

@@ -13,9 +13,12 @@ Imported only when numba is installed. Three ways to run a batch:
 
 from __future__ import annotations
 
+import sys
+
 import numba
 
 from anymask.deploy.numba_atomics import fetch_add, load_acquire, relax
+from anymask.deploy.numba_cache import key_on_sources
 from anymask.deploy.program_kernels import (
     _JIT,
     _add,
@@ -171,3 +174,6 @@ def share_batch(
             bounds, counters[at : at + per_chunk],
         )
         # fmt: on
+
+
+key_on_sources(sys.modules[__name__])  # numba keys a cache on its own file only: see numba_cache
