@@ -10,9 +10,12 @@ height + 2P, width + 2P, n) for a chunk of n images, batch innermost, with a zer
 its input's size, input and output have the same row pitch, so one tap is ONE contiguous multiply-add
 over the whole channel plane shifted by ``(dy * pitch + dx) * n`` (1,024 floats for a 32x32 image at
 batch 1): the columns this wrongly computes are exactly the border columns, zeroed afterwards. The plane
-is walked in blocks that stay in L1 while every tap of the channel is added, then the residual and ReLU.
+is walked in blocks that stay in L1 while every tap of the channel is added, four per pass, the first
+pass writing the bias and the last applying the ReLU (after a residual, a pass of its own).
 
-Every producer rewrites its whole output block, border included, so arena slots can be reused.
+A producer zeroes its output's border only when some step reads it (`program._read_with_border`);
+stale values elsewhere in a border never reach an output, so arena slots are reused once a tensor is
+dead.
 """
 
 from __future__ import annotations
