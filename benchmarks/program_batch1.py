@@ -3,8 +3,8 @@
 Per model (ERK 98%, random weights): the program run in the calling thread, the program shared by 2
 threads (`shared=True`: the calling thread plus a helper, `program_run`), and onnxruntime on the dense
 ONNX file with 2 threads; in rounds, each case a burst of 10 calls after a pause of
-`sparse_inference.GAP` and one untimed call (onnxruntime's threads spin for tens of ms after a call). Prints the
-median ms per image of each. `--steps` instead prints each step's CPU time in one thread (each step
+`sparse_inference.GAP` and one untimed call (onnxruntime's threads spin for tens of ms after a call).
+Prints the median ms per image of each. `--steps` instead prints each step's CPU time in one thread (each step
 alone in a loop over the arena the whole network left) and the whole network's, the profile
 docs/performance.md quotes; `--chunk N` profiles a chunk of N images instead of one.
 
