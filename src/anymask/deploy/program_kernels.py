@@ -75,18 +75,15 @@ def _fill(arena, at, length, value):  # pragma: no cover
 
 
 @numba.njit(**_JIT)
-def _finish(arena, at, length, residual, add_residual, relu):  # pragma: no cover
-    """arena[at : at + length] += arena[residual : residual + length] (if add_residual), then ReLU;
-    one pass when both."""
-    if add_residual and relu:
+def _add_residual(arena, at, length, residual, relu):  # pragma: no cover
+    """arena[at : at + length] += arena[residual : residual + length], then ReLU if relu, in one pass
+    (without a residual the ReLU rides in the last tap pass instead)."""
+    if relu:
         for k in range(length):
             arena[at + k] = max(arena[at + k] + arena[residual + k], np.float32(0.0))
-    elif add_residual:
+    else:
         for k in range(length):
             arena[at + k] += arena[residual + k]
-    elif relu:
-        for k in range(length):
-            arena[at + k] = max(arena[at + k], np.float32(0.0))
 
 
 @numba.njit(**_JIT)
@@ -101,6 +98,8 @@ def _conv_flat(arena, n, pad, op, lo, hi, src_at, indptr, offset, weight, bias):
     plane = (out_h + 2 * pad) * pitch * n
     first = (pad * pitch + pad) * n  # the first interior pixel
     last = ((pad + out_h - 1) * pitch + pad + out_w) * n  # one past the last one
+    # the ReLU rides in the last tap pass, unless a residual comes first
+    floor = np.float32(0.0) if relu and residual_at < 0 else np.float32(-np.inf)
     for o in range(lo, hi):
         base = dst_at + o * plane
         for start in range(first, last, BLOCK):
@@ -111,12 +110,10 @@ def _conv_flat(arena, n, pad, op, lo, hi, src_at, indptr, offset, weight, bias):
                 # at batch 1) do not end in scalar remainder loops.
                 length = min((length + VECTOR - 1) // VECTOR * VECTOR, plane - start)
             out = _U(base + start)
-            # the ReLU rides in the last tap pass, unless a residual comes first
-            floor = np.float32(0.0) if relu and residual_at < 0 else np.float32(-np.inf)
             _taps(arena, out, _U(length), src_at + start, n, indptr[first_tap + o], indptr[first_tap + o + 1],
                   offset, weight, bias[first_bias + o], floor)  # fmt: skip
             if residual_at >= 0:
-                _finish(arena, out, _U(length), _U(residual_at + o * plane + start), True, relu)
+                _add_residual(arena, out, _U(length), _U(residual_at + o * plane + start), relu)
     if op[18]:
         _zero_border(arena, dst_at, lo, hi, out_h, out_w, pad, n)
 
@@ -264,7 +261,7 @@ def _conv_rows(arena, n, pad, op, lo, hi, indptr, chan, dy, dx, weight, bias):  
                             index = at + _U(j * n + k)
                             arena[index] = max(arena[index] + w * arena[src + _U(j * sw * n + k)], clamp)
             if residual_at >= 0:
-                _finish(arena, at, row_len, _U(residual_at + signed_at - dst_at), True, relu)
+                _add_residual(arena, at, row_len, _U(residual_at + signed_at - dst_at), relu)
     if op[18]:
         _zero_border(arena, dst_at, lo, hi, out_h, out_w, pad, n)
 
