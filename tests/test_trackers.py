@@ -32,8 +32,9 @@ from tracker_readback import (
 EPOCHS = 8
 
 
-def test_unknown_tracker_is_one_line_listing_them() -> None:
-    pytest.importorskip("tensorboard")  # the known tracker named first is checked before the unknown one
+def test_unknown_tracker_is_one_line_listing_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Named before the unknown one, a known tracker whose package is missing does not hide the typo."""
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if its extra were not installed
     with pytest.raises(
         AnymaskError, match="unknown tracker 'neptune'; choose one of: mlflow, tensorboard, wandb"
     ):
@@ -241,8 +242,34 @@ def test_mlflow_resume_after_a_kill_before_tracking_json_reuses_the_folders_run(
     first.epoch(1, {"test_acc": 0.5})  # ... and the process dies before tracking.json is written
     again = tracker(tmp_path / "run")
     other = tracker(tmp_path / "other run")
-    assert again.run_id == first.run_id and again.logged == {1}
+    assert again.run_id == first.run_id and again._holds("test_acc", 1) and not again._holds("test_acc", 2)
     assert other.run_id != first.run_id
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("resume").experiment_id
     assert len(client.search_runs([experiment])) == 2
+
+
+def test_mlflow_resume_after_a_kill_between_two_metrics_of_an_epoch_logs_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file store writes a batch's metrics one at a time: a kill after test_acc but before the rest of
+    epoch 2 left test_acc twice at step 2 on resume (seen in CI). Each metric now counts its own epochs."""
+    pytest.importorskip("mlflow")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from anymask.tracking.trackers import MlflowTracker, TrackedRun
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri, folder = f"file:{tmp_path / 'store'}", tmp_path / "run"
+    state: dict = {}
+    first = MlflowTracker(TrackedRun(folder, "run", {"seed": 0}, "resume", uri, state, 1, False))
+    first.epoch(1, {"test_acc": 0.5, "train_loss": 2.0})
+    first.client.log_batch(first.run_id, metrics=[Metric("test_acc", 0.6, 0, 2)])  # killed here
+    again = MlflowTracker(TrackedRun(folder, "run", {"seed": 0}, "resume", uri, state, 1, False))
+    again.epoch(2, {"test_acc": 0.6, "train_loss": 1.5})
+    again.epoch(2, {"test_acc": 0.6, "train_loss": 1.5})  # and a replayed epoch sends nothing
+    client = MlflowClient(tracking_uri=uri)
+    for key, values in {"test_acc": [0.5, 0.6], "train_loss": [2.0, 1.5], "epoch": [1, 2]}.items():
+        history = sorted(client.get_metric_history(first.run_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == list(zip([1, 2], values, strict=True)), key

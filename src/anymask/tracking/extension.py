@@ -134,8 +134,8 @@ class TrackingExtension(TrainerExtension):
 
 class TrackingKind(ExtensionKind):
     def validate(self, config: Any) -> None:
-        for name in config.tracking.log:
-            tracker = TRACKERS.get(name)  # unknown: one line listing the trackers
+        trackers = {name: TRACKERS.get(name) for name in config.tracking.log}  # unknown names first
+        for name, tracker in trackers.items():
             check_installed(tracker.module, tracker.extra, f"--log {name}")
         if not config.tracking.log_project:
             raise AnymaskError("log_project is empty; name the W&B project / MLflow experiment")

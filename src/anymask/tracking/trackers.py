@@ -205,7 +205,8 @@ FOLDER_TAG = "anymask.run_folder"
 class MlflowTracker(Tracker):
     """An MLflow run per run folder (its id kept in tracking.json), in experiment `log_project`: the config
     as params, epochs as metrics with the epoch as step, the mask table and summary as JSON artifacts.
-    Before sending, it reads back which epochs the run already holds, so none is logged twice."""
+    Before sending, it reads back which epochs each metric already holds, so none is logged twice, even
+    when a kill fell between two metrics of one epoch (the file store writes them one at a time)."""
 
     module, extra = "mlflow", "mlflow"
 
@@ -225,7 +226,12 @@ class MlflowTracker(Tracker):
                 ).info.run_id
             )
         self.run_id = run.state["run_id"]
-        self.logged = {m.step for m in self.client.get_metric_history(self.run_id, "epoch")}
+        self.logged: dict[str, set[int]] = {}  # metric -> epochs the run holds, read on first use
+
+    def _holds(self, key: str, epoch: int) -> bool:
+        if key not in self.logged:
+            self.logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        return epoch in self.logged[key]
 
     def _run_of_folder(self, experiment: str, folder: str) -> str | None:
         """The MLflow run an earlier process made for this folder, if it was killed before tracking.json
@@ -248,15 +254,15 @@ class MlflowTracker(Tracker):
         self.client.log_dict(self.run_id, {"layers": layers}, "mask_layers.json")
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch in self.logged:
-            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        entries = [Metric(key, value, now, epoch) for key, value in {**metrics, "epoch": epoch}.items()]
+        values = {**metrics, "epoch": epoch}
+        entries = [Metric(key, v, now, epoch) for key, v in values.items() if not self._holds(key, epoch)]
         for i in range(0, len(entries), 1000):
             self.client.log_batch(self.run_id, metrics=entries[i : i + 1000])
-        self.logged.add(epoch)
+        for key in values:
+            self.logged[key].add(epoch)
 
     def summary(self, summary: dict[str, Any], epoch: int) -> None:
         self.client.log_dict(self.run_id, summary, "summary.json")
