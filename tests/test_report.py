@@ -467,6 +467,42 @@ def test_a_disconnected_mask_is_marked_apart_from_collapse(tmp_path: Path) -> No
     assert "§ Disconnected" in markdown
 
 
+def test_pooled_gain_on_connected_masks_leaves_out_the_pairs_on_a_cut_mask(tmp_path: Path) -> None:
+    """A pair whose mask cuts off a class can carry a pooled gain on its own (the baseline scored little
+    on it): the pooled table then shows the gain without such pairs beside the gain over all of them."""
+    finals = {"default": (0.60, 0.61, 0.50), "kd-fold": (0.62, 0.62, 0.58)}  # seed 2's mask is cut
+    for recipe, values in finals.items():
+        for seed, final in enumerate(values):
+            folder = make_run(tmp_path / "runs", "snip", 0.98, recipe, seed, final, final)
+            summary = json.loads((folder / "summary.json").read_text())
+            summary.update(mask_disconnected=seed == 2, mask_effective_density=0.01)
+            summary.update(mask_classes_reachable=9 if seed == 2 else 10)
+            (folder / "summary.json").write_text(json.dumps(summary))
+    table = build_tables(collect_runs([tmp_path / "runs"]))[0]
+    every = table.pooled_gain("kd-fold", "default", 0.98, "final_test_acc")
+    connected = table.pooled_gain("kd-fold", "default", 0.98, "final_test_acc", connected_only=True)
+    assert (every.seeds, every.mean) == (3, pytest.approx((0.02 + 0.01 + 0.08) / 3))
+    assert (connected.seeds, connected.mean) == (2, pytest.approx(0.015))
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    pooled = next(
+        t for t in tables_cells((tmp_path / "report" / "report.md").read_text()) if t[0][0] == "sparsity"
+    )
+    assert pooled[0] == ["sparsity", "kd-fold − default", "kd-fold − default, connected masks"]
+    assert (
+        pooled[2][1].endswith("(3)") and pooled[2][2].startswith("+1.50 [") and pooled[2][2].endswith("(2)")
+    )
+
+
+def test_pooled_gain_without_cut_masks_adds_no_column(tmp_path: Path) -> None:
+    for recipe, final in (("default", 0.60), ("kd-fold", 0.62)):
+        make_run(tmp_path / "runs", "erk", 0.98, recipe, 0, final, final)
+    write_report([tmp_path / "runs"], tmp_path / "report")
+    pooled = next(
+        t for t in tables_cells((tmp_path / "report" / "report.md").read_text()) if t[0][0] == "sparsity"
+    )
+    assert pooled[0] == ["sparsity", "kd-fold − default"]
+
+
 def test_the_notes_name_the_seeds_whose_masks_are_cut(tmp_path: Path) -> None:
     """Each seed draws its own mask: the note names the seeds that disconnect (or collapse) and reads the
     effective density of those runs only."""

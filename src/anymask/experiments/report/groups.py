@@ -74,10 +74,18 @@ class Group:
         """Some run's mask leaves a class unreachable or most kept weights on no input-output path."""
         return any(run.disconnected for run in self.runs)
 
-    def differences(self, baseline: Group, key: str) -> list[float]:
-        """This group's value minus the baseline's on each seed both have (paired differences)."""
+    def differences(self, baseline: Group, key: str, connected_only: bool = False) -> list[float]:
+        """This group's value minus the baseline's on each seed both have (paired differences); with
+        `connected_only`, not on a seed where either run's mask is disconnected."""
         mine, base = self.by_seed(key), baseline.by_seed(key)
-        return [mine[s] - base[s] for s in sorted(mine.keys() & base.keys())]
+        seeds = mine.keys() & base.keys()
+        if connected_only:
+            seeds -= self.disconnected_seeds | baseline.disconnected_seeds
+        return [mine[s] - base[s] for s in sorted(seeds)]
+
+    @property
+    def disconnected_seeds(self) -> set[int]:
+        return {run.summary["seed"] for run in self.runs if run.disconnected}
 
     def curve_differences(self, baseline: Group) -> list[list[float]]:
         """Per seed both have, this group's accuracy curve minus the baseline's, over their common epochs."""
@@ -174,13 +182,16 @@ class Table:
         others = [r for r in recipes if r != BASELINE]
         return pairs + [(b, a) for a in others for b in others if b.startswith((f"{a}+", f"{a}-"))]
 
-    def pooled_gain(self, recipe: str, reference: str, sparsity: float, key: str) -> Gain | None:
+    def pooled_gain(
+        self, recipe: str, reference: str, sparsity: float, key: str, connected_only: bool = False
+    ) -> Gain | None:
         """`recipe` minus `reference` over every mask of a sparsity, paired on (mask, seed); None when
-        no mask has both recipes on a common seed."""
+        no mask has both recipes on a common seed. `connected_only` leaves out the pairs on a mask that
+        cuts the network (a class unreachable): there the baseline's score says more about the mask."""
         differences = [
             d
             for group, base in self._mask_pairs(recipe, reference, sparsity)
-            for d in group.differences(base, key)
+            for d in group.differences(base, key, connected_only)
         ]
         return paired_gain(differences) if differences else None
 

@@ -138,22 +138,51 @@ def table_markdown(table: Table) -> str:
 
 
 def pooled_gains_markdown(table: Table) -> str:
-    """Per sparsity and recipe pair, the paired gain over every mask and seed with its 95% interval.
-    Empty when no pair of recipes shares a mask and seed."""
-    rows = []
+    """Per sparsity and recipe pair, the paired gain over every mask and seed with its 95% interval, and
+    where some pair is on a disconnected mask, the same without those pairs beside it. Empty when no
+    pair of recipes shares a mask and seed."""
+    rows, any_cut = [], False
     for sparsity in table.sparsities:
-        cells = [table.pooled_gain(r, ref, sparsity, "final_test_acc") for r, ref in table.recipe_pairs]
-        if any(cells):
-            rows.append([sparsity_label(sparsity), *(gain_cell(c) if c else "–" for c in cells)])
+        cells = []
+        for recipe, reference in table.recipe_pairs:
+            every = table.pooled_gain(recipe, reference, sparsity, "final_test_acc")
+            connected = table.pooled_gain(recipe, reference, sparsity, "final_test_acc", True)
+            cut = every is not None and (connected is None or connected.seeds < every.seeds)
+            any_cut |= cut
+            cells.append((every, connected, cut))
+        if any(every for every, _, _ in cells):
+            rows.append((sparsity, cells))
     if not rows:
         return ""
     header = ["sparsity", *(f"{r} − {ref}" for r, ref in table.recipe_pairs)]
+    if any_cut:
+        header += [f"{r} − {ref}, connected masks" for r, ref in table.recipe_pairs]
+    body = [
+        [
+            sparsity_label(sparsity),
+            *(gain_cell(every) if every else "–" for every, _, _ in cells),
+            *((_connected_cell(c) for c in cells) if any_cut else ()),
+        ]
+        for sparsity, cells in rows
+    ]
     legend = (
         f"Paired gain in final {table.metric} accuracy (points), pooled over the masks of each sparsity: "
         "mean of the "
         "differences on the same mask and seed, 95% confidence interval, number of pairs."
     )
-    return f"{legend}\n\n{markdown_table(header, rows)}\n"
+    if any_cut:
+        legend += (
+            " Connected masks: the same without the pairs on a disconnected mask (§), "
+            "where the baseline's score says more about the mask than about training."
+        )
+    return f"{legend}\n\n{markdown_table(header, body)}\n"
+
+
+def _connected_cell(cell: tuple[Gain | None, Gain | None, bool]) -> str:
+    _, connected, cut = cell
+    if connected is None:
+        return "–"
+    return gain_cell(connected) if cut else "same"
 
 
 def collapse_note(table: Table) -> str:
