@@ -226,3 +226,24 @@ def test_cli_ensemble_and_its_errors(
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int8])
+def test_init_weights_of_another_float_precision_load_and_integers_fail(
+    tmp_path: Path, dtype: torch.dtype
+) -> None:
+    """load_state_dict would cast int8 (quantized) weights into floats as wrong numbers, silently."""
+    from safetensors.torch import save_file
+
+    from anymask.train.checkpoint import load_weights
+
+    source, target = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        source.weight.copy_(torch.randint(-3, 4, (3, 4)).float())  # exact in every dtype
+    save_file({k: v.to(dtype) for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    if dtype.is_floating_point:
+        load_weights(target, tmp_path / "w.safetensors")
+        assert torch.equal(target.weight, source.weight) and target.weight.dtype == torch.float32
+    else:
+        with pytest.raises(AnymaskError, match=r"weight holds torch.int8 values where the model has torch"):
+            load_weights(target, tmp_path / "w.safetensors")

@@ -47,9 +47,22 @@ def load_weights(model: nn.Module, path: str | Path, kind: str = "init_weights")
     from anymask.artifacts import damaged, read_model_weights
 
     state = read_model_weights(path, kind).tensors  # damage: one line naming the file
+    _check_dtype_kinds(model, state, path, kind)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         reason = str(error).splitlines()[1].strip()[:200] if "\n" in str(error) else str(error)[:200]
         problem = f"it does not fit the model ({reason}); was it saved from another model?"
         raise damaged(path, kind, problem) from None
+
+
+def _check_dtype_kinds(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, kind: str) -> None:
+    """load_state_dict casts silently: integer (quantized) or boolean tensors would land in float weights
+    as wrong numbers. Another float precision is fine (the values are the same weights)."""
+    from anymask.artifacts import damaged
+
+    for name, own in model.state_dict().items():
+        given = state.get(name)
+        if given is not None and given.dtype.is_floating_point != own.dtype.is_floating_point:
+            problem = f"{name} holds {given.dtype} values where the model has {own.dtype} (quantized?)"
+            raise damaged(path, kind, problem)
