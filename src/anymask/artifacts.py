@@ -9,7 +9,7 @@ module parses these files: the typed readers (`config.load_run_config`, `Mask.lo
 objects from what these functions return.
 
 `ARTIFACTS` lists the kinds with the sentence a damaged one ends with; docs/security.md's table of
-damaged inputs is checked against it by tests/test_fuzz_inputs.py.
+damaged inputs is checked against it by tests/test_fuzz_files.py.
 """
 
 from __future__ import annotations
