@@ -3,6 +3,7 @@ weights (a report never reads them)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -54,3 +55,25 @@ def make_run(
     }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
+
+
+def tables_cells(markdown: str) -> list[list[list[str]]]:
+    """Every Markdown table in the text, as rows of stripped cells."""
+    tables: list[list[list[str]]] = []
+    in_table = False
+    for line in markdown.splitlines():
+        if line.startswith("|") and not in_table:
+            tables.append([])
+        in_table = line.startswith("|")
+        if in_table:
+            tables[-1].append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
+def table_cells(markdown: str) -> list[list[str]]:
+    return tables_cells(markdown)[0]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
