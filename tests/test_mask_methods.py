@@ -1,4 +1,4 @@
-"""Mask methods: exact counts, scores against by-hand computations, lottery ticket, files, no side effects.
+"""Mask methods: exact counts, scores against by-hand computations, ranking properties, no side effects.
 
 Models are built for 8x8 inputs: ResNet-20 and VGG-16 have the same parameters at any input size (global
 pooling), and data-dependent scorers run 16x faster than on 32x32. The fast grid uses VGG-16 at width
@@ -8,11 +8,8 @@ pooling), and data-dependent scorers run 16x faster than on 32x32. The fast grid
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,18 +17,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.nn.utils import prune
 
 from anymask.data import ImageDataset
 from anymask.errors import AnymaskError
 from anymask.masks import Mask, MaskConfig, make_mask, mask_from_scores, prunable_parameters
-from anymask.masks.lth import TrainedRound, round_densities
 from anymask.masks.random_graphs import erk_densities
 from anymask.masks.scoring import grasp_scores, make_nonnegative, prune_indices, snip_scores, synflow_scores
-from anymask.models import create_model
-from anymask.steps import Step
+from mask_models import SMALL, _built, model, one_line
 
-SMALL = (3, 8, 8)
 SPARSITIES = (0.5, 0.9, 0.98, 0.995)
 METHODS = ("random", "er", "erk", "magnitude", "snip", "grasp", "synflow")
 MODELS = {"resnet20": 1.0, "vgg16": 0.25}
@@ -64,25 +57,11 @@ def synthetic_data(
     )
 
 
-@functools.cache
-def _built(name: str, width: float, shape: tuple[int, int, int] = SMALL) -> nn.Module:
-    torch.manual_seed(0)
-    return create_model(name, 10, shape, width)
-
-
-def model(name: str, width: float = 1.0, shape: tuple[int, int, int] = SMALL) -> nn.Module:
-    return copy.deepcopy(_built(name, width, shape))
-
-
 def quiet_make_mask(net: nn.Module, config: MaskConfig, **kwargs) -> Mask:
     """make_mask without the layer-collapse warning (expected at 99.5% for one-shot methods)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return make_mask(net, config, **kwargs)
-
-
-def one_line(error: pytest.ExceptionInfo) -> bool:
-    return "\n" not in str(error.value) and str(error.value) != ""
 
 
 class MLP(nn.Module):
@@ -519,172 +498,3 @@ def test_all_equal_scores_keep_the_first_positions() -> None:
     mask = mask_from_scores({"a": torch.ones(2, 3), "b": torch.ones(4)}, 0.5)
     assert mask["a"].flatten().tolist() == [True] * 5 + [False]
     assert mask["b"].tolist() == [False] * 4
-
-
-# -- lottery ticket ---------------------------------------------------------------------------------
-class FakeTrainer:
-    """Stands in for the trainer: 'training' adds a seeded perturbation and keeps pruned weights at 0."""
-
-    def __init__(self, net: nn.Module) -> None:
-        self.net, self.calls = net, []
-
-    def __call__(
-        self, mask: Mask, state: dict[str, torch.Tensor], start_step: int, capture_step: int | None
-    ) -> TrainedRound:
-        self.calls.append((mask, state, start_step, capture_step))
-        g = torch.Generator().manual_seed(len(self.calls))
-        final = {k: v.clone() for k, v in state.items()}
-        for name in mask:
-            final[name] = (final[name] + torch.randn(final[name].shape, generator=g)) * mask[name]
-        captured = None if capture_step is None else shifted(state)
-        return TrainedRound(final, captured, test_acc=0.1 * len(self.calls))
-
-
-def shifted(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The fake trainer's weights at the capture step: every float tensor + 0.5."""
-    return {k: v + 0.5 if v.is_floating_point() else v.clone() for k, v in state.items()}
-
-
-@pytest.mark.parametrize("rewind", ["0it", "30it", "2ep"])
-def test_lth_rounds_follow_the_schedule_and_rewind(rewind: str, tmp_path: Path) -> None:
-    net = model("resnet20")
-    initial = copy.deepcopy(net.state_dict())
-    train = FakeTrainer(net)
-    config = MaskConfig(mask_method="lth", sparsity=0.9, lth_rewind=rewind)
-    mask = make_mask(net, config, train=train, out_dir=tmp_path, extras={"steps_per_epoch": 20})
-    step = Step.parse(rewind).iterations(20)
-    rounds = [json.loads(line) for line in (tmp_path / "lth_rounds.jsonl").read_text().splitlines()]
-    total = mask.total()
-    assert len(rounds) == 11  # 0.8^10 = 0.107 > 0.1 >= 0.8^11
-    for k, record in enumerate(rounds, start=1):
-        target = 0.9 if k == 11 else 1 - 0.8**k
-        assert record["round"] == k
-        assert record["kept"] == round((1 - target) * total)
-        assert record["test_acc"] == pytest.approx(0.1 * k)  # the network it was pruned from
-        assert (tmp_path / f"lth_round_{k}.safetensors").is_file()
-    assert mask.kept() == round(0.1 * total)
-    assert len(train.calls) == 11  # dense round 0, then rounds 1..10; the final ticket trains in the run
-    _, state0, start0, capture0 = train.calls[0]
-    assert start0 == 0 and capture0 == (step or None)
-    assert all(torch.equal(state0[k], initial[k]) for k in initial)
-    rewound = initial if step == 0 else shifted(initial)
-    for previous, (mask_k, state_k, start_k, capture_k) in zip(train.calls, train.calls[1:], strict=False):
-        assert start_k == step and capture_k is None
-        assert all(torch.equal(state_k[k], rewound[k]) for k in rewound)
-        assert all(not (mask_k[n] & ~previous[0][n]).any() for n in mask_k)
-    assert all(torch.equal(net.state_dict()[k], rewound[k]) for k in rewound)
-    saved = Mask.load(tmp_path / "lth_round_11.safetensors")
-    assert all(torch.equal(saved[n], mask[n]) for n in mask)
-
-
-def test_lth_prunes_by_trained_magnitude() -> None:
-    net = model("resnet20")
-    train = FakeTrainer(net)
-    mask = make_mask(net, MaskConfig(mask_method="lth", sparsity=0.2), train=train)
-    final_state = train.calls[0]
-    trained = FakeTrainer(net)(*final_state).state  # same seed as round 0: the weights pruned from
-    expected = mask_from_scores({n: trained[n].abs() for n in mask}, 0.8)
-    assert all(torch.equal(mask[n], expected[n]) for n in mask)
-
-
-def test_round_densities() -> None:
-    assert round_densities(1.0, 0.2) == []
-    assert round_densities(0.64, 0.2) == pytest.approx([0.8, 0.64])
-    assert round_densities(0.5, 0.2)[-1] == 0.5
-    assert len(round_densities(0.5, 0.2)) == 4
-
-
-def test_lth_without_trainer_says_how_to_run_it() -> None:
-    with pytest.raises(AnymaskError, match="anymask train --mask-method lth") as error:
-        make_mask(_built("resnet20", 1.0), MaskConfig(mask_method="lth", sparsity=0.5))
-    assert one_line(error)
-
-
-def test_lth_epoch_rewind_needs_steps_per_epoch() -> None:
-    config = MaskConfig(mask_method="lth", sparsity=0.5, lth_rewind="2ep")
-    net = model("resnet20")
-    with pytest.raises(AnymaskError, match="steps per epoch") as error:
-        make_mask(net, config, train=FakeTrainer(net))
-    assert one_line(error)
-
-
-@pytest.mark.parametrize("text, iterations", [("500it", 500), ("2ep", 40), ("0it", 0), (" 3EP ", 60)])
-def test_step_parse(text: str, iterations: int) -> None:
-    assert Step.parse(text).iterations(20) == iterations
-
-
-@pytest.mark.parametrize("text", ["", "500", "2 epochs", "-1it", "1.5ep", "it"])
-def test_step_parse_rejects_bad_text(text: str) -> None:
-    with pytest.raises(AnymaskError, match="cannot read step") as error:
-        Step.parse(text)
-    assert one_line(error)
-
-
-# -- files ------------------------------------------------------------------------------------------
-def test_saved_mask_works_with_torch_prune(tmp_path: Path) -> None:
-    net = model("resnet20")
-    mask = make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.9))
-    mask.save(tmp_path / "mask.pt")
-    ours, theirs = model("resnet20"), model("resnet20")
-    mask.apply(ours)
-    for key, tensor in torch.load(tmp_path / "mask.pt").items():
-        module_name = key.removesuffix(".weight_mask")
-        prune.custom_from_mask(theirs.get_submodule(module_name), "weight", tensor)
-    for name in mask:
-        module = theirs.get_submodule(name.removesuffix(".weight"))
-        assert torch.equal(module.weight, ours.get_parameter(name))
-        assert not module.weight[~mask[name]].any()
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_file_method_reads_a_mask_file(suffix: str, tmp_path: Path) -> None:
-    net = model("resnet20")
-    mask = make_mask(net, MaskConfig(mask_method="random", sparsity=0.7))
-    mask.save(tmp_path / f"mask{suffix}")
-    loaded = make_mask(net, MaskConfig(mask_file=str(tmp_path / f"mask{suffix}")))
-    assert all(torch.equal(mask[n], loaded[n]) for n in mask)
-
-
-@pytest.mark.parametrize("layout", ["flat", "state_dict", "module", "safetensors"])
-def test_file_method_reads_zeros_of_a_checkpoint(layout: str, tmp_path: Path) -> None:
-    net = model("resnet20")
-    mask = make_mask(net, MaskConfig(mask_method="magnitude", sparsity=0.8))
-    pruned = model("resnet20")
-    mask.apply(pruned)
-    state = {k: v.clone() for k, v in pruned.state_dict().items()}
-    path = tmp_path / ("ckpt.safetensors" if layout == "safetensors" else "ckpt.pth")
-    if layout == "safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, str(path))
-    elif layout == "flat":
-        torch.save(state, path)
-    elif layout == "state_dict":
-        torch.save({"state_dict": state, "epoch": 3}, path)
-    else:
-        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-    loaded = make_mask(net, MaskConfig(mask_method="file", mask_file=str(path)))
-    assert all(torch.equal(mask[n], loaded[n]) for n in mask)
-
-
-def test_file_method_rejects_another_models_files(tmp_path: Path) -> None:
-    vgg = _built("vgg16", 0.25)
-    make_mask(vgg, MaskConfig(mask_method="random", sparsity=0.5)).save(tmp_path / "vgg.safetensors")
-    torch.save(vgg.state_dict(), tmp_path / "vgg.pt")
-    for path in ("vgg.safetensors", "vgg.pt"):
-        with pytest.raises(AnymaskError, match="does not fit the model") as error:
-            make_mask(model("resnet20"), MaskConfig(mask_file=str(tmp_path / path)))
-        assert one_line(error)
-
-
-def test_file_method_rejects_another_widths_mask(tmp_path: Path) -> None:
-    make_mask(model("resnet20", 0.5), MaskConfig(mask_method="random", sparsity=0.5)).save(tmp_path / "m.pt")
-    with pytest.raises(AnymaskError, match="shape") as error:
-        make_mask(model("resnet20"), MaskConfig(mask_file=str(tmp_path / "m.pt")))
-    assert one_line(error)
-
-
-def test_file_method_without_a_path_is_one_line() -> None:
-    with pytest.raises(AnymaskError, match="--mask-file") as error:
-        make_mask(model("resnet20"), MaskConfig(mask_method="file"))
-    assert one_line(error)
