@@ -36,7 +36,7 @@ from anymask.recipe.sparse_init import unit_scales
 from anymask.train import Trainer, run_experiment
 from anymask.train.run import validate
 from quick_runs import quick_config
-from test_recipe import run_config
+from recipe_support import run_config
 
 EPOCHS = 10
 
