@@ -40,27 +40,42 @@ for seed in 0 1 2 3; do
   fi
 done
 
-# 2. prune-and-tune: 6 anti-random children of each of parents 0-2, then 6 random-50% children
-for seed in 0 1 2; do
-  anymask ensemble "$(parent "$seed")" --config configs/ensembles/ensembles_cifar10_resnet20.toml \
-    --workers "$WORKERS" --out "$OUT/anti-random/parent-$seed"
-  anymask ensemble "$(parent "$seed")" --config configs/ensembles/ensembles_cifar10_resnet20.toml \
-    --pruning random --sparsity 0.5 --workers "$WORKERS" --out "$OUT/random-50/parent-$seed"
-done
-
-# 3. the deep ensemble: the four parents, independently trained
-anymask ensemble --members "$(parent 0)" "$(parent 1)" "$(parent 2)" "$(parent 3)" --out "$OUT/deep-4"
-
-# 4. keep what a commit needs (ensemble.json, and each child's config, metrics and summary), then report
-for folder in "$OUT"/anti-random/parent-* "$OUT"/random-50/parent-* "$OUT/deep-4"; do
-  kept="$KEPT/runs/${folder#"$OUT"/}"
+keep() {  # what a commit needs of one ensemble (ensemble.json, each child's config, metrics, summary)
+  local folder=$1 kept="$KEPT/runs/${1#"$OUT"/}"
   mkdir -p "$kept"
-  cp "$folder/ensemble.json" "$kept/"
   for child in "$folder"/child-*; do
     [ -d "$child" ] || continue
     mkdir -p "$kept/$(basename "$child")"
     cp "$child"/config.json "$child"/metrics.jsonl "$child"/summary.json "$kept/$(basename "$child")/"
   done
+  cp "$folder/ensemble.json" "$kept/"  # last: its presence says the kept ensemble is whole
+}
+
+ensemble() {  # OUT-relative folder, then anymask ensemble's arguments; skipped when already kept
+  local folder="$OUT/$1"
+  shift
+  if [ -f "$KEPT/runs/${folder#"$OUT"/}/ensemble.json" ]; then
+    echo "kept already: $folder"
+    return
+  fi
+  anymask ensemble "$@" --out "$folder"
+  keep "$folder"
+}
+
+# 2. prune-and-tune: 6 anti-random children of each of parents 0-2, then 6 random-50% children; each
+#    ensemble's small files are kept as it finishes, so a session that ends mid-way loses only the one
+#    in progress (a run again on a fresh machine skips what is kept)
+for seed in 0 1 2; do
+  ensemble "anti-random/parent-$seed" "$(parent "$seed")" \
+    --config configs/ensembles/ensembles_cifar10_resnet20.toml --workers "$WORKERS"
+  ensemble "random-50/parent-$seed" "$(parent "$seed")" \
+    --config configs/ensembles/ensembles_cifar10_resnet20.toml --pruning random --sparsity 0.5 \
+    --workers "$WORKERS"
 done
+
+# 3. the deep ensemble: the four parents, independently trained
+ensemble deep-4 --members "$(parent 0)" "$(parent 1)" "$(parent 2)" "$(parent 3)"
+
+# 4. the report
 anymask ensemble-report "$KEPT"/runs/anti-random/parent-* "$KEPT"/runs/random-50/parent-* \
   "$KEPT/runs/deep-4" --out "$KEPT"
