@@ -1,4 +1,5 @@
-"""Shared fixtures: the real CIFAR-10 subset (skipped when absent) and small cached models."""
+"""Shared fixtures: the real CIFAR-10 subset (skipped when absent), the fuzz tests' pristine run folders
+and small cached models."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cifar-10-batches-py" / "data_batch_1").is_file():
         pytest.skip("real CIFAR-10 subset not found at ../shared/data")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fuzz tests' real run folders (fuzz_support.make_pristine), built once for both fuzz files."""
+    from fuzz_support import make_pristine
+
+    return make_pristine(tmp_path_factory.mktemp("pristine"))
 
 
 @cache

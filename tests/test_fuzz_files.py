@@ -32,22 +32,9 @@ from hypothesis import strategies as st
 from anymask.config import setting_bounds
 from anymask.errors import AnymaskError
 from fuzz_damage import BEHAVIOUR, DAMAGES, NOT_READ, Case
-from fuzz_support import (
-    ERROR,
-    FUZZ,
-    check_one_line,
-    engine_and_ensemble_bounds,
-    make_pristine,
-    run_cli,
-    snapshot,
-)
+from fuzz_support import ERROR, FUZZ, check_one_line, engine_and_ensemble_bounds, run_cli, snapshot
 
 DOCS = Path(__file__).parents[1] / "docs" / "security.md"
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pristine(tmp_path_factory.mktemp("pristine"))
 
 
 @contextmanager

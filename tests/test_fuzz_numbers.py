@@ -21,20 +21,7 @@ from hypothesis import strategies as st
 from anymask.bounds import Bounds, check_setting
 from anymask.config import field_types, setting_bounds
 from anymask.errors import AnymaskError
-from fuzz_support import (
-    ERROR,
-    FUZZ,
-    check_one_line,
-    engine_and_ensemble_bounds,
-    make_pristine,
-    run_cli,
-    typing_origin,
-)
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pristine(tmp_path_factory.mktemp("pristine"))
+from fuzz_support import ERROR, FUZZ, check_one_line, engine_and_ensemble_bounds, run_cli, typing_origin
 
 
 def outside(bounds: Bounds, integer: bool) -> st.SearchStrategy[Any]:
