@@ -141,27 +141,25 @@ def pooled_gains_markdown(table: Table) -> str:
     """Per sparsity and recipe pair, the paired gain over every mask and seed with its 95% interval, and
     where some pair is on a disconnected mask, the same without those pairs beside it. Empty when no
     pair of recipes shares a mask and seed."""
-    rows, any_cut = [], False
+    rows = []
     for sparsity in table.sparsities:
-        cells = []
-        for recipe, reference in table.recipe_pairs:
-            every = table.pooled_gain(recipe, reference, sparsity, "final_test_acc")
-            connected = table.pooled_gain(recipe, reference, sparsity, "final_test_acc", True)
-            cut = every is not None and (connected is None or connected.seeds < every.seeds)
-            any_cut |= cut
-            cells.append((every, connected, cut))
-        if any(every for every, _, _ in cells):
+        cells = [
+            (table.pooled_gain(r, ref, sparsity, KEY), table.pooled_gain(r, ref, sparsity, KEY, True))
+            for r, ref in table.recipe_pairs
+        ]
+        if any(every for every, _ in cells):
             rows.append((sparsity, cells))
     if not rows:
         return ""
+    any_cut = any(_leaves_out(*cell) for _, cells in rows for cell in cells)
     header = ["sparsity", *(f"{r} − {ref}" for r, ref in table.recipe_pairs)]
     if any_cut:
         header += [f"{r} − {ref}, connected masks" for r, ref in table.recipe_pairs]
     body = [
         [
             sparsity_label(sparsity),
-            *(gain_cell(every) if every else "–" for every, _, _ in cells),
-            *((_connected_cell(c) for c in cells) if any_cut else ()),
+            *(gain_cell(every) if every else "–" for every, _ in cells),
+            *((_connected_cell(*cell) for cell in cells) if any_cut else ()),
         ]
         for sparsity, cells in rows
     ]
@@ -178,11 +176,18 @@ def pooled_gains_markdown(table: Table) -> str:
     return f"{legend}\n\n{markdown_table(header, body)}\n"
 
 
-def _connected_cell(cell: tuple[Gain | None, Gain | None, bool]) -> str:
-    _, connected, cut = cell
+KEY = "final_test_acc"
+
+
+def _leaves_out(every: Gain | None, connected: Gain | None) -> bool:
+    """Whether the connected-masks gain leaves out some of the pairs the full gain has."""
+    return every is not None and (connected is None or connected.seeds < every.seeds)
+
+
+def _connected_cell(every: Gain | None, connected: Gain | None) -> str:
     if connected is None:
         return "–"
-    return gain_cell(connected) if cut else "same"
+    return gain_cell(connected) if _leaves_out(every, connected) else "same"
 
 
 def collapse_note(table: Table) -> str:
