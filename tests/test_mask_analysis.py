@@ -135,6 +135,33 @@ def test_inspect_rows_report_counts_collapse_and_gaps() -> None:
     assert "fc.weight" in collapse_message(mask)
 
 
+def test_inspect_rows_count_the_output_channels_that_keep_a_weight() -> None:
+    """A mask can keep its density yet narrow the layer: channels with no weight left are dead width."""
+    conv = torch.zeros(8, 3, 3, 3, dtype=torch.bool)
+    conv[[0, 2, 5], 1, 1, 1] = True  # three channels keep one weight each
+    conv[5] = True  # and one keeps all of its 27
+    fc = torch.zeros(4, 8, dtype=torch.bool)
+    fc[3, :] = True
+    mask = Mask({"conv.weight": conv, "fc.weight": fc})
+    conv_row, fc_row = inspect_rows(mask)
+    assert (conv_row.outputs_alive, conv_row.outputs) == (3, 8)
+    assert (fc_row.outputs_alive, fc_row.outputs) == (1, 4)
+    assert conv_row.positive is None  # signs need weights
+
+
+def test_inspect_rows_count_the_kept_weights_that_are_positive() -> None:
+    """A mask that picks weights by sign (eval-mode GraSP, docs/masks.md) shows it against ~half."""
+    net = Tiny()
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.tensor([[1.0, -1.0] * 4] * 4))
+    fc = torch.zeros(4, 8, dtype=torch.bool)
+    fc[:, :3] = True  # per row: +, -, + kept
+    conv = torch.ones(8, 3, 3, 3, dtype=torch.bool)
+    conv_row, fc_row = inspect_rows(Mask({"conv.weight": conv, "fc.weight": fc}), net)
+    assert fc_row.positive == 8
+    assert conv_row.positive == int((net.conv.weight > 0).sum())
+
+
 def test_inspect_skips_gaps_of_huge_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(analysis, "MAX_GAP_ENTRIES", 100)
     (row,) = inspect_rows(Mask({"conv.weight": torch.ones(8, 3, 3, 3, dtype=torch.bool)}))

@@ -43,6 +43,10 @@ def test_prune_inspect_compare(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "classifier.weight" in shown.stdout and "density plot:" in shown.stdout
     assert "effective" in shown.stdout.splitlines()[0] and "of 10 classes reachable" in shown.stdout
+    alive = sum(int((a[n].flatten(1).sum(1) > 0).sum()) for n in a)
+    outputs = sum(a[n].shape[0] for n in a)
+    assert f"width: {alive:,} of {outputs:,} output channels keep a weight" in shown.stdout
+    assert "of the kept weights are positive at the model's seed-0 initial weights" in shown.stdout
     assert (tmp_path / "snip_densities.png").stat().st_size > 5_000
 
     compared = anymask("compare", str(snip), str(erk))

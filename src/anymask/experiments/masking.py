@@ -127,7 +127,19 @@ def inspect_mask(
     # Effective density needs the model's wiring: without --model the column shows "-".
     links = connectivity(model, mask, DATASET_SHAPES[data][0]) if model is not None and data else None
     effective = {layer.name: layer.effective_density for layer in links.layers} if links else {}
-    headers = ["layer", "shape", "kept", "total", "density", "effective", "collapse", "gap", "weighted gap"]
+    headers = [
+        "layer",
+        "shape",
+        "kept",
+        "total",
+        "density",
+        "effective",
+        "outputs",
+        "positive",
+        "collapse",
+        "gap",
+        "weighted gap",
+    ]
     table = [
         (
             r.name,
@@ -136,6 +148,8 @@ def inspect_mask(
             r.total,
             r.density,
             effective.get(r.name),
+            f"{r.outputs_alive}/{r.outputs}",
+            None if r.positive is None else r.positive / max(r.kept, 1),
             "COLLAPSED" if r.collapsed else "",
             r.gap,
             r.weighted_gap,
@@ -147,6 +161,14 @@ def inspect_mask(
         f"\nall layers: {mask.kept():,} of {mask.total():,} kept, density {mask.density():.4f}, "
         f"sparsity {mask.sparsity():.4f}; {len(mask.collapsed_layers())} collapsed layer(s)"
     )
+    alive, outputs = sum(r.outputs_alive for r in rows), sum(r.outputs for r in rows)
+    print(f"width: {alive:,} of {outputs:,} output channels keep a weight ({alive / outputs:.1%})")
+    if model is not None:  # the model's seed-0 initial weights: those a seed-0 run's mask was made on
+        positive = sum(r.positive or 0 for r in rows)
+        print(
+            f"signs: {positive / max(mask.kept(), 1):.1%} of the kept weights are positive at the model's "
+            "seed-0 initial weights (a mask blind to sign keeps about half)"
+        )
     if links is not None:
         print(
             f"effective: {links.effective:,} of the kept weights lie on an input-output path, density "

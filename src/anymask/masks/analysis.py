@@ -151,8 +151,11 @@ class LayerRow:
     total: int
     density: float
     collapsed: bool
+    outputs_alive: int  # output channels (units) that keep at least one weight: the layer's width left
+    outputs: int
     gap: float | None  # Ramanujan gap; None when skipped or undefined (see note)
     weighted_gap: float | None  # needs a model with weights
+    positive: int | None = None  # kept weights that are positive (needs a model); a sign-blind mask: ~half
     note: str = ""
 
 
@@ -164,6 +167,8 @@ def inspect_rows(mask: Mask, model: nn.Module | None = None) -> list[LayerRow]:
     for layer in mask.layers():
         weight = None if model is None else model.get_parameter(layer.name).detach()
         gap, weighted, note = _gaps(mask[layer.name], weight)
+        per_output = mask[layer.name].reshape(layer.shape[0], -1).sum(1)
+        positive = None if weight is None else int(((weight > 0) & mask[layer.name]).sum())
         rows.append(
             LayerRow(
                 layer.name,
@@ -172,8 +177,11 @@ def inspect_rows(mask: Mask, model: nn.Module | None = None) -> list[LayerRow]:
                 layer.total,
                 layer.density,
                 layer.collapsed,
+                int((per_output > 0).sum()),
+                layer.shape[0],
                 gap,
                 weighted,
+                positive,
                 note,
             )
         )
