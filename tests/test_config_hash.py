@@ -78,6 +78,21 @@ def test_prune_bn_mode_is_hashed_only_for_the_methods_that_read_it(tmp_path: Pat
     assert load_run_config(tmp_path / "config.json").mask.prune_bn_mode == "train"
 
 
+def test_auto_prune_bn_mode_saves_and_hashes_as_the_methods_reference_mode() -> None:
+    """'auto' (the default) is GraSP's train mode and SNIP's eval mode: the same folder as the explicit
+    mode, saved as it, and resolved again when a config changes method (a sweep grid over methods)."""
+    for method, mode in (("grasp", "train"), ("snip", "eval")):
+        auto = RunConfig.from_flat({**EVIDENCE, "mask_method": method})
+        explicit = auto.updated({"prune_bn_mode": mode})
+        assert auto.mask.prune_bn_mode == "auto" and auto.to_dict()["mask"]["prune_bn_mode"] == mode
+        assert auto.hash() == explicit.hash()
+        assert RunConfig.from_flat({**EVIDENCE, "mask_method": "erk"}).updated(
+            {"mask_method": method}
+        ).hash() == (explicit.hash())
+    grasp = RunConfig.from_flat({**EVIDENCE, "mask_method": "grasp"})
+    assert grasp.hash() != grasp.updated({"prune_bn_mode": "eval"}).hash()
+
+
 def test_vgg16_runs_hash_the_architecture_revision_and_the_init_only_when_not_default() -> None:
     vgg = RunConfig.from_flat({**EVIDENCE, "model": "vgg16"})
     assert vgg.hashed_settings()["model_revision"] == config_module.MODEL_REVISIONS["vgg16"]

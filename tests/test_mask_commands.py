@@ -58,6 +58,27 @@ def test_prune_inspect_compare(tmp_path: Path) -> None:
     assert same.stdout.strip().splitlines()[-1].split()[1:3] == ["1.0000", "0"]
 
 
+def test_inspect_seed_gives_the_initial_weights_the_mask_was_made_on(tmp_path: Path) -> None:
+    """`inspect --seed 1` reads the weights `prune --seed 1` scored: a magnitude mask keeps their largest."""
+    from anymask.experiments.masking import registry_model
+
+    path = prune(tmp_path, "magnitude", "0.5", "--seed", "1")
+    mask = Mask.load(path)
+    for seed, expected in ((1, True), (0, False)):
+        model = registry_model("cnn", "digits", 1.0, seed=seed)
+        weights = {n: model.get_parameter(n).detach().abs() for n in mask}
+        threshold = (
+            torch.cat([w.flatten() for w in weights.values()]).kthvalue(mask.total() - mask.kept()).values
+        )
+        matches = all(torch.equal(mask[n], weights[n] > threshold) for n in mask)
+        assert matches is expected
+    shown = anymask("inspect", str(path), "--model", "cnn", "--data", "digits", "--seed", "1")
+    assert shown.returncode == 0, shown.stderr
+    assert "positive at the model's seed-1 initial weights" in shown.stdout
+    bad = anymask("inspect", str(path), "--model", "cnn", "--seed", "-3")
+    assert bad.returncode != 0 and "seed" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_pruned_mask_trains_with_the_same_initialisation(tmp_path: Path) -> None:
     """`prune` seeds the model as `train` does, so a magnitude mask fits the weights it was made on."""
     mask_path = prune(tmp_path, "magnitude", "0.5")

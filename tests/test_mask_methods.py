@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from anymask.errors import AnymaskError
 from anymask.masks import Mask, MaskConfig, make_mask, mask_from_scores, prunable_parameters
 from anymask.masks.random_graphs import erk_densities
 from anymask.masks.scoring import grasp_scores, make_nonnegative, prune_indices, snip_scores, synflow_scores
-from mask_models import SMALL, _built, model, one_line
+from mask_models import SMALL, _built, model, one_line, quiet_make_mask, synthetic_data
 
 SPARSITIES = (0.5, 0.9, 0.98, 0.995)
 METHODS = ("random", "er", "erk", "magnitude", "snip", "grasp", "synflow")
@@ -31,39 +30,6 @@ MODELS = {"resnet20": 1.0, "vgg16": 0.25}
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def synthetic_data(
-    shape: tuple[int, int, int] = SMALL, classes: int = 10, per_class: int = 3
-) -> ImageDataset:
-    """Random uint8 images with balanced labels, shaped like the real thing."""
-    g = torch.Generator().manual_seed(0)
-    n = classes * per_class
-    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
-    y = torch.arange(n) % classes
-    empty_x, empty_y = torch.zeros((0, *shape), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    return ImageDataset(
-        "synthetic",
-        x,
-        y,
-        empty_x,
-        empty_y,
-        x,
-        y,
-        classes,
-        (0.5,) * shape[0],
-        (0.25,) * shape[0],
-        0,
-        False,
-        [str(c) for c in range(classes)],
-    )
-
-
-def quiet_make_mask(net: nn.Module, config: MaskConfig, **kwargs) -> Mask:
-    """make_mask without the layer-collapse warning (expected at 99.5% for one-shot methods)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return make_mask(net, config, **kwargs)
-
-
 class MLP(nn.Module):
     """Two Linear layers, small enough for Hessians by hand."""
 
@@ -212,55 +178,6 @@ def test_snip_scores_sum_over_batches() -> None:
     scores = snip_scores(net, weights(net), halves)
     for name, s in manual.items():
         torch.testing.assert_close(scores[name], (s / norm).detach())
-
-
-class ConvBN(nn.Module):
-    """conv -> BN (non-trivial running statistics) -> ReLU -> pool -> Linear: train and eval mode differ."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(5)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-        self.bn.running_mean.uniform_(-0.5, 0.5)
-        self.bn.running_var.uniform_(0.2, 3.0)
-        self.fc = nn.Linear(4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-def hand_snip_mask(net: nn.Module, data: ImageDataset, training: bool, density: float) -> Mask:
-    """SNIP by hand on every training image (the prune set when it takes 3 of each of 10 classes)."""
-    net = copy.deepcopy(net).train(training)
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
-    std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
-    x = (data.train_x.float() - mean) / std
-    params = {"conv.weight": net.conv.weight, "fc.weight": net.fc.weight}
-    grads = torch.autograd.grad(F.cross_entropy(net(x), data.train_y), list(params.values()))
-    scores = {n: (g * p).abs().detach() for (n, p), g in zip(params.items(), grads, strict=True)}
-    return mask_from_scores(scores, density, "global")
-
-
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_snip_scores_in_the_chosen_batchnorm_mode(mode: str, data: ImageDataset) -> None:
-    """prune_bn_mode='eval' (the default) is SNIP with the model in eval mode, as Synaptic-Flow scores;
-    'train' uses batch statistics. Both equal the hand computation in that mode, and they differ."""
-    net = ConvBN()
-    config = MaskConfig(mask_method="snip", sparsity=0.5, prune_samples_per_class=3, prune_bn_mode=mode)
-    mask = quiet_make_mask(net, config, data=data)
-    expected = hand_snip_mask(net, data, mode == "train", 0.5)
-    assert all(torch.equal(mask[n], expected[n]) for n in expected)
-    other = hand_snip_mask(net, data, mode != "train", 0.5)
-    assert not all(torch.equal(mask[n], other[n]) for n in other)
-    assert MaskConfig().prune_bn_mode == "eval"
-
-
-def test_unknown_prune_bn_mode_is_one_line(data: ImageDataset) -> None:
-    config = MaskConfig(mask_method="grasp", sparsity=0.5, prune_bn_mode="frozen")
-    with pytest.raises(AnymaskError, match="prune_bn_mode 'frozen'") as error:
-        make_mask(ConvBN(), config, data=data)
-    assert one_line(error)
 
 
 def test_grasp_scores_match_explicit_hessian_vector_product() -> None:

@@ -115,6 +115,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         data=args.data,
         width=args.width,
         plot=Path(args.plot) if args.plot else None,
+        seed=args.seed,
     )
     return 0
 
@@ -223,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--width", type=float, default=1.0, help="model width multiplier (default: 1.0)")
     inspect.add_argument("--plot", help="PNG path for the density bar plot (default: beside the mask)")
+    inspect.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --model: its initial weights as `anymask train --seed` draws them, for the weighted gaps "
+        "and the signs of the kept weights (default: 0)",
+    )
 
     compare = sub.add_parser("compare", help="overlap of two masks (IoU, Hamming distance)")
     compare.add_argument("a", help="first mask file")

@@ -183,7 +183,10 @@ class RunConfig:
         return {key: getattr(getattr(self, section), key) for key, section in field_sections().items()}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        """The settings by section, automatic values resolved (what a run folder saves)."""
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        sections["mask"]["prune_bn_mode"] = self.mask.bn_mode()
+        return sections
 
     def get(self, key: str) -> Any:
         return getattr(getattr(self, section_of(key)), key)
@@ -207,7 +210,8 @@ class RunConfig:
         recipe parts, mask methods or dynamic sparse training not in use are left out."""
         sections = (self.mask, self.recipe, self.dst, self.tracking)
         inert = NOT_HASHED.union(*(section.inert_settings() for section in sections))
-        return {k: v for k, v in self.to_flat().items() if k not in inert}
+        resolved = {**self.to_flat(), "prune_bn_mode": self.mask.bn_mode()}  # 'auto' trains as its mode
+        return {k: v for k, v in resolved.items() if k not in inert}
 
     def hashed_settings(self) -> dict[str, Any]:
         """`read_settings()` less the added settings at the value that trains as before they existed,

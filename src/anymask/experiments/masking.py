@@ -64,14 +64,17 @@ def prune_to_file(config: RunConfig, out: Path) -> Mask:
     return mask
 
 
-def registry_model(name: str, data: str, width: float, weights: Path | None = None) -> nn.Module:
+def registry_model(
+    name: str, data: str, width: float, weights: Path | None = None, seed: int = 0
+) -> nn.Module:
+    """The registry model with the initial weights `anymask train --seed SEED` starts from (or `weights`)."""
     from anymask.models import MODELS, create_model
 
     MODELS.get(name)  # an unknown model is one line naming the choices
     if data not in DATASET_SHAPES:
         raise AnymaskError(f"unknown dataset '{data}'; choose one of: {', '.join(DATASET_SHAPES)}")
     shape, classes = DATASET_SHAPES[data]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(name, classes, shape, width)
     if weights is not None:
         from anymask.artifacts import read_model_weights
@@ -84,12 +87,12 @@ def registry_model(name: str, data: str, width: float, weights: Path | None = No
 USUAL_DATA = {"cnn": "digits"}
 
 
-def model_for_mask(mask: Mask, name: str, width: float) -> tuple[nn.Module, str]:
+def model_for_mask(mask: Mask, name: str, width: float, seed: int = 0) -> tuple[nn.Module, str]:
     """The registry model built for the first dataset (the model's usual one first) whose input channels
     and classes give the mask's layer shapes, and that dataset's name."""
     first = USUAL_DATA.get(name, "cifar10")
     for data in [first, *(d for d in DATASET_SHAPES if d != first)]:
-        model = registry_model(name, data, width)
+        model = registry_model(name, data, width, seed=seed)
         try:
             mask.check_fits(model)
         except AnymaskError:
@@ -108,21 +111,23 @@ def inspect_mask(
     data: str | None = None,
     width: float = 1.0,
     plot: Path | None = None,
+    seed: int = 0,
 ) -> Path:
     """Print the per-layer table of a mask file and write its density bar plot; returns the plot path.
 
     Without `data`, the model's input shape and classes are those of the first dataset the mask fits.
     """
     width = coerce("width", width)  # the range a run's --width has
+    seed = coerce("seed", seed)
     plot = plot or path.with_name(f"{path.stem}_densities.png")
     check_output_file(plot, "--plot")
     mask = Mask.load(path)
     model = None
     if model_name:
         if data:
-            model = registry_model(model_name, data, width)
+            model = registry_model(model_name, data, width, seed=seed)
         else:
-            model, data = model_for_mask(mask, model_name, width)
+            model, data = model_for_mask(mask, model_name, width, seed)
     rows = inspect_rows(mask, model)
     # Effective density needs the model's wiring: without --model the column shows "-".
     links = connectivity(model, mask, DATASET_SHAPES[data][0]) if model is not None and data else None
@@ -163,11 +168,11 @@ def inspect_mask(
     )
     alive, outputs = sum(r.outputs_alive for r in rows), sum(r.outputs for r in rows)
     print(f"width: {alive:,} of {outputs:,} output channels keep a weight ({alive / outputs:.1%})")
-    if model is not None:  # the model's seed-0 initial weights: those a seed-0 run's mask was made on
+    if model is not None:  # the seed's initial weights: those a run of that seed made its mask on
         positive = sum(r.positive or 0 for r in rows)
         print(
             f"signs: {positive / max(mask.kept(), 1):.1%} of the kept weights are positive at the model's "
-            "seed-0 initial weights (a mask blind to sign keeps about half)"
+            f"seed-{seed} initial weights (a mask blind to sign keeps about half)"
         )
     if links is not None:
         print(

@@ -59,11 +59,12 @@ def scoring_copy(
 
 
 def bn_training(context: PruneContext) -> bool:
-    """Whether a data-dependent scorer runs BatchNorm on batch statistics (`prune_bn_mode`)."""
+    """Whether a data-dependent scorer runs BatchNorm on batch statistics (`prune_bn_mode`, with 'auto'
+    the method's reference mode)."""
     mode = context.config.prune_bn_mode
     if mode not in BN_MODES:
         raise AnymaskError(f"unknown prune_bn_mode '{mode}'; use one of: {', '.join(BN_MODES)}")
-    return mode == "train"
+    return context.config.bn_mode() == "train"
 
 
 def rank(context: PruneContext, scores: Mapping[str, torch.Tensor]) -> Mask:
@@ -256,7 +257,7 @@ def snip(context: PruneContext) -> Mask:
 
 @METHODS.register("grasp")
 def grasp(context: PruneContext) -> Mask:
-    """GraSP (Wang et al. 2020), BatchNorm in the `prune_bn_mode` mode like SNIP."""
+    """GraSP (Wang et al. 2020), BatchNorm in the `prune_bn_mode` mode (train by default, as its authors)."""
     batches = prune_batches(context, "grasp")
     with scoring_copy(context, training=bn_training(context)) as (model, params):
         return rank(context, grasp_scores(model, params, batches, output_fn=context.output_fn))

@@ -112,7 +112,9 @@ def validate(config: RunConfig) -> None:
     if config.mask.scope not in {"global", "layer"}:
         raise AnymaskError(f"unknown scope '{config.mask.scope}'; use 'global' or 'layer'")
     if config.mask.prune_bn_mode not in BN_MODES:
-        raise AnymaskError(f"unknown prune_bn_mode '{config.mask.prune_bn_mode}'; use 'eval' or 'train'")
+        raise AnymaskError(
+            f"unknown prune_bn_mode '{config.mask.prune_bn_mode}'; use one of: {', '.join(BN_MODES)}"
+        )
     validate_extensions(config)  # e.g. dynamic sparse training's settings (anymask.dst)
 
 
