@@ -330,6 +330,29 @@ def test_only_keeps_the_runs_asked_for_and_their_baseline(tmp_path: Path) -> Non
         write_report([root], tmp_path / "bad", only=["recipe=ls"])
 
 
+def test_each_scorers_reference_mode_is_one_table_and_only_auto_keeps_it(tmp_path: Path) -> None:
+    """GraSP in train mode and SNIP in eval mode are each method's `auto` mode: one table, not two
+    variants; `--only prune_bn_mode=auto` keeps exactly those, the other modes split off as variants."""
+    root = tmp_path / "runs"
+    make_run(root, "grasp", 0.9, "default", 0, 0.71, 0.71, prune_bn_mode="train")
+    make_run(root, "snip", 0.9, "default", 0, 0.69, 0.69, prune_bn_mode="eval")
+    make_run(root, "erk", 0.9, "default", 0, 0.72, 0.72)
+    write_report([root], tmp_path / "reference")
+    rows = read_csv(tmp_path / "reference" / "results.csv")
+    assert {r["setting"] for r in rows} == {""} and len(rows) == 3
+    make_run(root, "grasp", 0.9, "default", 0, 0.60, 0.60, prune_bn_mode="eval")
+    make_run(root, "snip", 0.9, "default", 0, 0.70, 0.70, prune_bn_mode="train")
+    write_report([root], tmp_path / "auto", only=["prune_bn_mode=auto"])
+    kept = {(r["mask"], float(r["final_test_acc_mean"])) for r in read_csv(tmp_path / "auto" / "results.csv")}
+    assert kept == {("grasp", 0.71), ("snip", 0.69), ("erk", 0.72)}
+    write_report([root], tmp_path / "eval", only=["prune_bn_mode=eval"])
+    kept = {(r["mask"], float(r["final_test_acc_mean"])) for r in read_csv(tmp_path / "eval" / "results.csv")}
+    assert kept == {("grasp", 0.60), ("snip", 0.69), ("erk", 0.72)}
+    write_report([root], tmp_path / "all")
+    settings = {r["setting"] for r in read_csv(tmp_path / "all" / "results.csv")}
+    assert settings == {"prune_bn_mode=auto", "prune_bn_mode=eval", "prune_bn_mode=train"}
+
+
 def test_kept_runs_rebuild_the_same_report(runs: Path, tmp_path: Path) -> None:
     write_report([runs], tmp_path / "report", keep_runs=True)
     kept = tmp_path / "report" / "runs"

@@ -240,7 +240,9 @@ def build_tables(runs: Sequence[Run], metric: str = "test") -> list[Table]:
     one model and data are its variants, numbered in the variants table's order (`number_variants`).
     """
     varying = _varying_settings(runs)
-    settings = {id(run): {k: run.settings[k] for k in varying if k in run.settings} for run in runs}
+    settings = {
+        id(run): {k: run.table_settings[k] for k in varying if k in run.table_settings} for run in runs
+    }
     combos = {setting_text(c): c for c in _table_settings(list(settings.values()))}
     tables: dict[tuple[str, str, str], Table] = {}
     by_group: dict[tuple[Any, ...], list[Run]] = {}
@@ -349,9 +351,11 @@ def recipe_order(recipe: str) -> tuple[bool, str]:
 def _varying_settings(runs: Sequence[Run]) -> list[str]:
     """Settings (beyond the axes) whose values differ between the runs that read them: each value set
     gets its own table. A setting only some runs read (lth_epochs, gsc_mode) varies only among those."""
-    keys = sorted(set().union(*(run.settings for run in runs)) - AXES) if runs else []
+    keys = sorted(set().union(*(run.table_settings for run in runs)) - AXES) if runs else []
     return [
-        key for key in keys if len({json.dumps(run.settings[key]) for run in runs if key in run.settings}) > 1
+        key
+        for key in keys
+        if len({json.dumps(run.table_settings[key]) for run in runs if key in run.table_settings}) > 1
     ]
 
 

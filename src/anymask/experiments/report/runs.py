@@ -17,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from anymask.artifacts import damaged, read_layer_densities, read_metrics, read_summary
-from anymask.config import MODEL_REVISIONS, coerce, load_run_config, saved_model_revision, section_of
+from anymask.config import (
+    MODEL_REVISIONS,
+    RunConfig,
+    coerce,
+    load_run_config,
+    saved_model_revision,
+    section_of,
+)
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write, atomic_write_text
 
+AUTOMATIC_SETTINGS = {key: value for key, value in RunConfig().to_flat().items() if value == "auto"}
+"""Settings whose default resolves per run (prune_bn_mode: each scorer's reference mode)."""
 SUMMARY, CONFIG, METRICS = "summary.json", "config.json", "metrics.jsonl"  # as anymask.train.run writes them
 KEPT_FILES = (CONFIG, METRICS, SUMMARY, "gradinit_scales.json")  # small, and enough to rebuild a report
 MASK, LAYER_DENSITIES = "mask.safetensors", "layer_densities.json"
@@ -48,6 +57,17 @@ class Run:
         has one ('tost+rigl'), so static, SET and RigL runs of a mask sit side by side in one table."""
         dst = self.settings.get("dst", "none")
         return self.summary["recipe"] + ("" if dst == "none" else f"+{dst}")
+
+    @cached_property
+    def table_settings(self) -> dict[str, Any]:
+        """`settings` as tables compare them: a setting whose default is automatic reads 'auto' where the
+        run has the value 'auto' gives it, so a GraSP run in train mode and a SNIP run in eval mode, each
+        its method's reference (`prune_bn_mode`), share a table instead of splitting it in two variants."""
+        table = dict(self.settings)
+        for key, auto in AUTOMATIC_SETTINGS.items():
+            if key in table and resolved(self, key, [auto]) == [table[key]]:
+                table[key] = auto
+        return table
 
     @cached_property
     def layer_densities(self) -> dict[str, float] | None:
@@ -207,9 +227,20 @@ def parse_filters(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 def keep_matching(runs: Sequence[Run], filters: dict[str, list[Any]]) -> list[Run]:
     """Runs whose settings are among the accepted values; a run that never reads a key passes on it
-    (the default protocol passes --only ghost_epochs=4, as it is the baseline of such runs)."""
+    (the default protocol passes --only ghost_epochs=4, as it is the baseline of such runs). A value is
+    read as that run's config would read it: `--only prune_bn_mode=auto` keeps each method's reference
+    mode (GraSP train, SNIP eval)."""
     return [
         run
         for run in runs
-        if all(key not in run.settings or run.settings[key] in values for key, values in filters.items())
+        if all(
+            key not in run.settings or run.settings[key] in resolved(run, key, values)
+            for key, values in filters.items()
+        )
     ]
+
+
+def resolved(run: Run, key: str, values: list[Any]) -> list[Any]:
+    """The filter's values as the run's own config resolves them (an automatic value becomes concrete)."""
+    flat = {k: v for k, v in run.settings.items() if k != "model_revision"}
+    return [RunConfig.from_flat({**flat, key: value}).read_settings().get(key, value) for value in values]
