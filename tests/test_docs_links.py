@@ -36,9 +36,10 @@ def test_every_relative_link_leads_somewhere(page: Path) -> None:
     for target in links(page):
         path, _, fragment = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        if not file.exists():
-            broken.append(target)
-        elif fragment and file.suffix == ".md" and fragment not in anchors(file):
+        missing_heading = (
+            file.exists() and fragment and file.suffix == ".md" and fragment not in anchors(file)
+        )
+        if not file.exists() or missing_heading:
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)}: broken links {broken}"
 

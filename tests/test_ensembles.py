@@ -179,6 +179,37 @@ def test_a_set_of_runs_and_the_report(parent: Path, pat: tuple[Path, dict], tmp_
     assert (tmp_path / "report" / "reliability_0.png").stat().st_size > 10_000
 
 
+def last_val_acc(folder: Path) -> float:
+    return json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["val_acc"]
+
+
+def test_split_val_measures_on_the_held_out_images(tmp_path: Path) -> None:
+    """Tuning settings are chosen on the validation images the parent held out: every member, the parent
+    and the ensemble are measured there, as each run measured its own validation accuracy."""
+    parent = tmp_path / "parent"
+    run_experiment(quick_config(epochs=2, lr=0.1, val_split=200), parent)
+    record = prune_and_tune(parent, tmp_path / "pat", TUNE, split="val")
+    assert record["evaluated_on"]["split"] == "val" and record["evaluated_on"]["images"] == 200
+    assert record["parent"]["accuracy"] == pytest.approx(last_val_acc(parent))
+    for i, member in enumerate(record["members"]):
+        assert member["accuracy"] == pytest.approx(last_val_acc(tmp_path / "pat" / f"child-{i}"))
+    deep = evaluate_runs([parent, tmp_path / "pat" / "child-0"], tmp_path / "deep", split="val")
+    assert deep["evaluated_on"]["images"] == 200
+    text = write_ensemble_report([tmp_path / "pat", tmp_path / "deep"], tmp_path / "report").read_text()
+    assert "Validation images of digits" in text
+    evaluate_runs([parent], tmp_path / "test")
+    with pytest.raises(AnymaskError, match="different images"):
+        write_ensemble_report([tmp_path / "pat", tmp_path / "test"], tmp_path / "mixed")
+
+
+def test_split_val_needs_held_out_images(parent: Path, pat: tuple[Path, dict], tmp_path: Path) -> None:
+    with pytest.raises(AnymaskError, match="give a parent trained with --val-split above 0"):
+        prune_and_tune(parent, tmp_path / "out", TUNE, split="val")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(AnymaskError, match="same --val-split above 0, these have 0"):
+        evaluate_runs([parent, pat[0] / "child-0"], tmp_path / "deep", split="val")
+
+
 @pytest.mark.parametrize(
     ("settings", "overrides", "message"),
     [

@@ -27,6 +27,7 @@ def ensemble_command(args: argparse.Namespace) -> int:
             out,
             data_dir=getattr(args, "data_dir", None),
             device=getattr(args, "device", "auto"),
+            split=args.split,
         )
         print(f"{summary_line(record)}; written to {out / 'ensemble.json'}")
         return 0
@@ -55,6 +56,7 @@ def ensemble_command(args: argparse.Namespace) -> int:
         overrides=overrides,
         data_dir=data_dir,
         workers=int(workers),
+        split=args.split,
     )
     print(f"{summary_line(record)}; written to {out / 'ensemble.json'}")
     return 0
@@ -100,6 +102,13 @@ def add_ensemble_parsers(sub: Any) -> None:
         "--members", nargs="+", metavar="RUN", help="measure these finished runs as one ensemble"
     )
     ensemble.add_argument("--out", required=True, help="folder for the children and ensemble.json")
+    ensemble.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="images the ensemble, its members and parent are measured on: test, or val (the validation "
+        "images held out by --val-split: choose tuning settings there, never on test) (default: test)",
+    )
     ensemble.add_argument(
         "--config", help="TOML or YAML file of ensemble settings and children's run settings"
     )

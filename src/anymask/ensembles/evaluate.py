@@ -1,4 +1,4 @@
-"""An ensemble of finished run folders measured on the test images: ensemble.json.
+"""An ensemble of finished run folders measured on the test (or validation) images: ensemble.json.
 
 Every member and the ensemble (mean of softmax) get accuracy, NLL, ECE (15 bins) and reliability bins;
 a prune-and-tune ensemble also gets its parent's, measured the same way, and its training cost in
@@ -14,7 +14,13 @@ from typing import Any
 
 from anymask.ensembles.calibration import ECE_BINS, calibration
 from anymask.ensembles.combine import COMBINATION, disagreement, mean_probabilities
-from anymask.ensembles.members import MemberRun, evaluation_data, member_record, test_probabilities
+from anymask.ensembles.members import (
+    MemberRun,
+    evaluation_data,
+    member_record,
+    split_images,
+    test_probabilities,
+)
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
 from anymask.train.distributed import World, resolve_device
@@ -29,17 +35,21 @@ def evaluate_ensemble(
     roles: list[str] | None = None,
     data_dir: str | None = None,
     device: str = "auto",
+    split: str = "test",
 ) -> dict[str, Any]:
-    """ensemble.json's measurements: the ensemble, each member and (for prune-and-tune) the parent."""
+    """ensemble.json's measurements: the ensemble, each member and (for prune-and-tune) the parent, on
+    the test images, or with `split` 'val' on the validation images (to choose settings)."""
     if not members:
         raise AnymaskError("an ensemble needs at least one member")
     runs = {
         run.folder: run for run in [*members, *([parent] if parent else [])]
     }  # the parent may be a member
-    data = evaluation_data(list(runs.values()), data_dir)
+    data = evaluation_data(list(runs.values()), data_dir, split)
     where = resolve_device(device, World())
-    probabilities = {folder: test_probabilities(run, data, where) for folder, run in runs.items()}
-    labels = data.test_y
+    probabilities = {
+        folder: test_probabilities(run, data, where, split=split) for folder, run in runs.items()
+    }
+    labels = split_images(data, split)[1]
     member_probabilities = [probabilities[run.folder] for run in members]
     combined = mean_probabilities(member_probabilities)
     records = []
@@ -50,7 +60,7 @@ def evaluate_ensemble(
     accuracies = [r["accuracy"] for r in records]
     result: dict[str, Any] = {
         "combination": COMBINATION,
-        "evaluated_on": {"data": data.name, "split": "test", "images": len(labels), "ece_bins": ECE_BINS},
+        "evaluated_on": {"data": data.name, "split": split, "images": len(labels), "ece_bins": ECE_BINS},
         "ensemble": {
             "members": len(members),
             **calibration(combined, labels).to_dict(),
@@ -104,7 +114,7 @@ def write_ensemble_json(out: Path, record: dict[str, Any]) -> Path:
 
 
 def evaluate_runs(
-    folders: list[Path], out: Path, *, data_dir: str | None = None, device: str = "auto"
+    folders: list[Path], out: Path, *, data_dir: str | None = None, device: str = "auto", split: str = "test"
 ) -> dict[str, Any]:
     """`anymask ensemble --members RUN RUN ...`: a given set of runs (a deep ensemble, or one run for its
     calibration alone) measured and written to OUT/ensemble.json."""
@@ -115,7 +125,7 @@ def evaluate_runs(
     runs = [read_member(folder) for folder in folders]
     if len({run.folder.resolve() for run in runs}) != len(runs):
         raise AnymaskError("a run folder is listed twice in --members; list each member once")
-    record = {"kind": "members", **evaluate_ensemble(runs, data_dir=data_dir, device=device)}
+    record = {"kind": "members", **evaluate_ensemble(runs, data_dir=data_dir, device=device, split=split)}
     record["cost"] = training_cost(runs, None)
     write_ensemble_json(out, record)
     return record

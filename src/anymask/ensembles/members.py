@@ -1,4 +1,5 @@
-"""Finished run folders as ensemble members: their config, summary and model, and their test predictions."""
+"""Finished run folders as ensemble members: their config, summary and model, and their test (or
+validation) predictions."""
 
 from __future__ import annotations
 
@@ -71,25 +72,49 @@ def read_member(folder: str | Path) -> MemberRun:
     return MemberRun(folder, config, summary)
 
 
-def evaluation_data(runs: list[MemberRun], data_dir: str | None = None) -> ImageDataset:
-    """The test images every member is measured on: the members' dataset, which they must share."""
+SPLITS = ("test", "val")
+"""Images an ensemble can be measured on: the test images, or the validation images its members held out."""
+
+
+def evaluation_data(runs: list[MemberRun], data_dir: str | None = None, split: str = "test") -> ImageDataset:
+    """The images every member is measured on: the members' dataset, which they must share, with the
+    validation images they all held out (the same --val-split) when `split` is 'val'."""
     names = sorted({run.config.data.data for run in runs})
     if len(names) != 1:
         raise AnymaskError(
             f"ensemble members trained on different datasets ({', '.join(names)}); give runs of one"
         )
+    if split not in SPLITS:
+        raise AnymaskError(f"unknown split '{split}'; use 'test' or 'val'")
     d = runs[0].config.data
-    return load_dataset(d.data, data_dir or d.data_dir, download=d.download)
+    if split == "test":
+        return load_dataset(d.data, data_dir or d.data_dir, download=d.download)
+    held_out = sorted({run.config.data.val_split for run in runs})
+    if held_out != [d.val_split] or d.val_split == 0:
+        raise AnymaskError(
+            "--split val measures on the validation images the members held out: they must all have "
+            f"trained with the same --val-split above 0, these have {', '.join(map(str, held_out))}"
+        )
+    return load_dataset(d.data, data_dir or d.data_dir, download=d.download, val_split=d.val_split)
+
+
+def split_images(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of `split` ('test' or 'val')."""
+    return (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
 
 
 def test_probabilities(
-    run: MemberRun, data: ImageDataset, device: torch.device | str = "cpu", batch_size: int = 500
+    run: MemberRun,
+    data: ImageDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+    split: str = "test",
 ) -> torch.Tensor:
-    """The run's softmax probabilities (float64) on the test images, in file order."""
-    images, labels = data.test_x.to(device), data.test_y.to(device)
+    """The run's softmax probabilities (float64) on the test (or validation) images, in file order."""
+    images, labels = split_images(data, split)
     batches = iterate_batches(
-        images,
-        labels,
+        images.to(device),
+        labels.to(device),
         batch_size,
         mean=data.mean,
         std=data.std,

@@ -19,7 +19,7 @@ from typing import Any
 from anymask.bounds import bounded, bounds_of, check_setting
 from anymask.config import RunConfig
 from anymask.ensembles.evaluate import evaluate_ensemble, summary_line, training_cost, write_ensemble_json
-from anymask.ensembles.members import MemberRun, evaluation_data, read_member
+from anymask.ensembles.members import SPLITS, MemberRun, evaluation_data, read_member
 from anymask.ensembles.pruning import ANTI_RANDOM, anti_random_masks
 from anymask.errors import AnymaskError
 from anymask.experiments.engines.base import engine_bounds
@@ -295,11 +295,14 @@ def prune_and_tune(
     data_dir: str | None = None,
     workers: int = 1,
     device: str | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Make, tune and measure a prune-and-tune ensemble of `parent_folder` in `out`; returns ensemble.json.
 
     `overrides` are run settings for the children on top of the parent's (batch_size, weight_decay,
     device, threads, ghost_epochs, ...); what the ensemble decides (`CHILD_OWNED`) cannot be overridden.
+    `split` 'val' measures everything on the validation images the parent held out (--val-split), the
+    images to choose tuning settings on; 'test' (default) on the test images.
     """
     settings = settings or EnsembleSettings()
     overrides = dict(overrides or {})
@@ -311,6 +314,7 @@ def prune_and_tune(
     overrides = {key: checked.get(key) for key in overrides}  # typed, as ensemble.json records them
     check_setting("--workers", workers, engine_bounds()["workers"])
     check_output_folder(out)
+    check_split(parent, overrides, split)
     check_children(parent, settings, overrides, data_dir)
     plans = plan_children(parent, settings, out, overrides, data_dir)
     train_children(plans, workers)
@@ -322,7 +326,9 @@ def prune_and_tune(
         "kind": "prune-and-tune",
         "settings": {**dataclasses.asdict(settings), "overrides": overrides},
         "parent_is_member": settings.include_parent,
-        **evaluate_ensemble(members, parent=parent, roles=roles, data_dir=data_dir, device=eval_device),
+        **evaluate_ensemble(
+            members, parent=parent, roles=roles, data_dir=data_dir, device=eval_device, split=split
+        ),
     }
     for index, member in enumerate(record["members"][: len(children)]):
         member["child"] = index
@@ -331,6 +337,18 @@ def prune_and_tune(
     record["cost"] = training_cost(members, parent)
     write_ensemble_json(out, record)
     return record
+
+
+def check_split(parent: MemberRun, overrides: dict[str, Any], split: str) -> None:
+    """Before any child trains: the split exists, and 'val' has validation images that no child trains on."""
+    if split not in SPLITS:
+        raise AnymaskError(f"unknown split '{split}'; use 'test' or 'val'")
+    held_out = parent.config.data.val_split
+    if split == "val" and (held_out == 0 or overrides.get("val_split", held_out) != held_out):
+        raise AnymaskError(
+            "--split val measures on the validation images the parent held out: give a parent trained "
+            "with --val-split above 0, and do not change the children's val_split"
+        )
 
 
 __all__ = ["EnsembleSettings", "ensemble_settings", "prune_and_tune", "summary_line"]

@@ -234,10 +234,16 @@ def write_ensemble_report(folders: Sequence[Path], out: Path) -> Path:
     data = {r["evaluated_on"]["data"] for _, r in found}
     if len(data) > 1:
         raise AnymaskError(f"the ensembles were measured on different datasets ({', '.join(sorted(data))})")
+    splits = {r["evaluated_on"].get("split", "test") for _, r in found}
+    if len(splits) > 1:
+        raise AnymaskError(
+            "the ensembles were measured on different images (test and validation); report them apart"
+        )
+    images = {"test": "Test", "val": "Validation"}[splits.pop()]
     lines = [
         "# Ensembles: accuracy, NLL and calibration",
         "",
-        f"Test images of {next(iter(data))}; predictions combined as the mean of softmax; ECE over 15 "
+        f"{images} images of {next(iter(data))}; predictions combined as the mean of softmax; ECE over 15 "
         "equal-width confidence bins. Gains are paired per parent (ensemble minus its own parent), with a "
         "95% Student-t interval over the parents.",
     ]
