@@ -17,6 +17,7 @@ from anymask.ensembles import (
     EnsembleSettings,
     anti_random_masks,
     anti_random_pair,
+    anti_random_within,
     evaluate_runs,
     parent_mask,
     prune_and_tune,
@@ -166,6 +167,27 @@ def test_magnitude_children_are_pruned_on_the_parents_weights(parent: Path, tmp_
         magnitude = weights[name].abs().flatten()
         smallest_kept = magnitude[kept.flatten()].min()
         assert (magnitude[~kept.flatten()] <= smallest_kept).all(), name
+
+
+def test_anti_random_children_leave_the_layers_they_do_not_prune_whole(parent: Path, tmp_path: Path) -> None:
+    """`--no-prune-classifier`: the pairs split every other layer exactly and keep the classifier dense, as
+    prune-and-tune's code leaves the last layer whole; splitting every layer is the plain pairs."""
+    prune_and_tune(parent, tmp_path / "pat", TUNE, overrides={"prune_classifier": False})
+    masks = [Mask.load(tmp_path / "pat" / f"child-{i}" / "mask.safetensors") for i in range(2)]
+    dense = child_weights(parent)
+    classifier = [name for name in masks[0] if name.startswith(("fc", "classifier"))]
+    assert classifier, list(masks[0])
+    for name in masks[0]:
+        if name in classifier:
+            assert masks[0][name].all() and masks[1][name].all()
+            assert (child_weights(tmp_path / "pat" / "child-1")[name] != 0).all()
+        else:
+            assert not (masks[0][name] & masks[1][name]).any()
+            assert torch.equal(masks[0][name] | masks[1][name], dense[name] != 0)
+    kept = Mask({name: dense[name] != 0 for name in masks[0]})
+    everything = anti_random_within(kept, set(kept), 4, seed=3)
+    plain = anti_random_masks(kept, 4, seed=3)
+    assert all(torch.equal(a[n], b[n]) for a, b in zip(everything, plain, strict=True) for n in kept)
 
 
 def test_a_set_of_runs_and_the_report(parent: Path, pat: tuple[Path, dict], tmp_path: Path) -> None:

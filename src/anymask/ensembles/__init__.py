@@ -21,6 +21,7 @@ from anymask.ensembles.prune_and_tune import EnsembleSettings, prune_and_tune
 from anymask.ensembles.pruning import (
     ANTI_RANDOM,
     anti_random_masks,
+    anti_random_within,
     anti_random_pair,
     parent_mask,
     pruned_child,
@@ -35,6 +36,7 @@ __all__ = [
     "EnsembleSettings",
     "ReliabilityBins",
     "anti_random_masks",
+    "anti_random_within",
     "anti_random_pair",
     "calibration",
     "disagreement",

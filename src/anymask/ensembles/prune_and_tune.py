@@ -20,11 +20,11 @@ from anymask.bounds import bounded, bounds_of, check_setting
 from anymask.config import RunConfig
 from anymask.ensembles.evaluate import evaluate_ensemble, summary_line, training_cost, write_ensemble_json
 from anymask.ensembles.members import SPLITS, MemberRun, evaluation_data, read_member
-from anymask.ensembles.pruning import ANTI_RANDOM, anti_random_masks
+from anymask.ensembles.pruning import ANTI_RANDOM, anti_random_within
 from anymask.errors import AnymaskError
 from anymask.experiments.engines.base import engine_bounds
 from anymask.io import check_output_folder
-from anymask.masks import METHODS, Mask, check_sparsity
+from anymask.masks import METHODS, Mask, check_sparsity, prunable_from_config
 
 MASKS = "masks"
 NOT_FOR_CHILDREN = frozenset({"dense", "file"})  # a child must be pruned, each its own way
@@ -213,13 +213,16 @@ def check_children(
 
 
 def write_child_masks(
-    parent: MemberRun, settings: EnsembleSettings, out: Path, data_dir: str | None
+    parent: MemberRun, settings: EnsembleSettings, out: Path, data_dir: str | None, overrides: dict[str, Any]
 ) -> list[Path]:
-    """Anti-random masks of the parent in OUT/masks/child-<i>.safetensors; a mask already there must be
-    the same (the same parent and seed), so a rerun never changes what a child trains."""
+    """Anti-random masks of the parent in OUT/masks/child-<i>.safetensors, splitting the layers the
+    children's settings prune (`--no-prune-classifier` leaves the classifier whole); a mask already there
+    must be the same (the same parent and seed), so a rerun never changes what a child trains."""
     data = evaluation_data([parent], data_dir)
     model = parent.model(data)
-    masks = anti_random_masks(parent.mask(model), settings.children, child_seed(settings, parent, 0))
+    prunable = set(prunable_from_config(model, parent.config.updated(overrides).mask))
+    seed = child_seed(settings, parent, 0)
+    masks = anti_random_within(parent.mask(model), prunable, settings.children, seed)
     paths = []
     for index, mask in enumerate(masks):
         path = out / MASKS / f"child-{index}.safetensors"
@@ -251,7 +254,7 @@ def plan_children(
             (child_config(parent, settings, i, overrides), child_folder(out, i))
             for i in range(settings.children)
         ]
-    paths = write_child_masks(parent, settings, out, data_dir)
+    paths = write_child_masks(parent, settings, out, data_dir, overrides)
     plans = []
     for index, path in enumerate(paths):
         sparsity = Mask.load(path).sparsity()

@@ -48,6 +48,19 @@ def anti_random_masks(parent: Mask, children: int, seed: int = 0) -> list[Mask]:
     return masks
 
 
+def anti_random_within(kept: Mask, prunable: set[str], children: int, seed: int = 0) -> list[Mask]:
+    """Anti-random children of a parent that keeps `kept`, splitting only the `prunable` layers: the other
+    layers stay as the parent has them in every child (a classifier the children's config does not prune
+    stays dense, as prune-and-tune's code leaves the last layer whole)."""
+    split = Mask({name: mask for name, mask in kept.items() if name in prunable})
+    if not split:
+        raise AnymaskError(
+            "the children's settings prune none of the parent's layers: there is nothing to split"
+        )
+    halves = anti_random_masks(split, children, seed)
+    return [Mask({name: half[name] if name in half else kept[name] for name in kept}) for half in halves]
+
+
 def parent_mask(model: nn.Module, config: MaskConfig | None = None) -> Mask:
     """What a trained model keeps: its non-zero prunable weights (a dense model keeps all of them).
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Choosing prune-and-tune's tuning settings on validation images (docs/ensembles.md, "Evidence"), from
+# the repository root:
+#   bash configs/ensembles/search_validation.sh
+# The parent is the validation teacher of configs/teachers_cifar10_resnet20.toml (dense ResNet-20, seed 0,
+# 2,000 training images held out: docs/results/teachers/runs/dd8e343f09e7, weights committed). Every arm
+# is 6 anti-random children tuned 4 epochs (5 for the longer arm: 2.0x the parent's epochs, the issue's
+# limit), measured on the held-out images (--split val), never on the test images. Resumable, and each
+# arm's small files are kept as it finishes (a run again skips what is kept). WORKERS (default 2).
+set -euo pipefail
+WORKERS=${WORKERS:-2}
+PARENT=docs/results/teachers/runs/dd8e343f09e7
+CONFIG=configs/ensembles/ensembles_cifar10_resnet20.toml
+OUT=runs/ensembles_search_validation
+KEPT=docs/results/ensembles_search/runs
+
+arm() {  # arm name, then anymask ensemble's extra flags
+  local name=$1 folder="$OUT/$1" kept="$KEPT/$1"
+  shift
+  if [ -f "$kept/ensemble.json" ]; then
+    echo "kept already: $name"
+    return
+  fi
+  anymask ensemble "$PARENT" --config "$CONFIG" --split val --workers "$WORKERS" --out "$folder" "$@"
+  mkdir -p "$kept"
+  for child in "$folder"/child-*; do
+    mkdir -p "$kept/$(basename "$child")"
+    cp "$child"/config.json "$child"/metrics.jsonl "$child"/summary.json "$kept/$(basename "$child")/"
+  done
+  cp "$folder/ensemble.json" "$kept/"  # last: its presence says the kept arm is whole
+}
+
+arm peak-0.1                                   # the evidence's settings (prune-and-tune's code)
+arm peak-0.03 --tune-lr 0.03
+arm peak-0.01 --tune-lr 0.01
+arm classifier-whole --no-prune-classifier     # as prune-and-tune's code: the last layer is not split
+arm five-epochs --tune-epochs 5
+
+anymask ensemble-report "$KEPT"/* --out docs/results/ensembles_search
