@@ -21,8 +21,8 @@ from anymask.ensembles.prune_and_tune import EnsembleSettings, prune_and_tune
 from anymask.ensembles.pruning import (
     ANTI_RANDOM,
     anti_random_masks,
-    anti_random_within,
     anti_random_pair,
+    anti_random_within,
     parent_mask,
     pruned_child,
 )
@@ -36,8 +36,8 @@ __all__ = [
     "EnsembleSettings",
     "ReliabilityBins",
     "anti_random_masks",
-    "anti_random_within",
     "anti_random_pair",
+    "anti_random_within",
     "calibration",
     "disagreement",
     "evaluate_runs",
