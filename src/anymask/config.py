@@ -184,9 +184,13 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The settings by section, automatic values resolved (what a run folder saves)."""
-        sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
-        sections["mask"]["prune_bn_mode"] = self.mask.bn_mode()
-        return sections
+        resolved = self.resolved()
+        return {name: dataclasses.asdict(getattr(resolved, name)) for name in SECTIONS}
+
+    def resolved(self) -> RunConfig:
+        """A copy with automatic values made concrete (`prune_bn_mode = 'auto'`: the method's reference
+        mode); `to_flat` keeps them, so a config that later changes method resolves again."""
+        return dataclasses.replace(self, mask=self.mask.resolved())
 
     def get(self, key: str) -> Any:
         return getattr(getattr(self, section_of(key)), key)
@@ -210,8 +214,7 @@ class RunConfig:
         recipe parts, mask methods or dynamic sparse training not in use are left out."""
         sections = (self.mask, self.recipe, self.dst, self.tracking)
         inert = NOT_HASHED.union(*(section.inert_settings() for section in sections))
-        resolved = {**self.to_flat(), "prune_bn_mode": self.mask.bn_mode()}  # 'auto' trains as its mode
-        return {k: v for k, v in resolved.items() if k not in inert}
+        return {k: v for k, v in self.resolved().to_flat().items() if k not in inert}
 
     def hashed_settings(self) -> dict[str, Any]:
         """`read_settings()` less the added settings at the value that trains as before they existed,

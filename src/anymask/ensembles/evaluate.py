@@ -19,7 +19,7 @@ from anymask.ensembles.members import (
     evaluation_data,
     member_record,
     split_images,
-    test_probabilities,
+    split_probabilities,
 )
 from anymask.errors import AnymaskError
 from anymask.io import atomic_write_text
@@ -47,7 +47,7 @@ def evaluate_ensemble(
     data = evaluation_data(list(runs.values()), data_dir, split)
     where = resolve_device(device, World())
     probabilities = {
-        folder: test_probabilities(run, data, where, split=split) for folder, run in runs.items()
+        folder: split_probabilities(run, data, where, split=split) for folder, run in runs.items()
     }
     labels = split_images(data, split)[1]
     member_probabilities = [probabilities[run.folder] for run in members]

@@ -103,7 +103,7 @@ def split_images(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Te
     return (data.val_x, data.val_y) if split == "val" else (data.test_x, data.test_y)
 
 
-def test_probabilities(
+def split_probabilities(
     run: MemberRun,
     data: ImageDataset,
     device: torch.device | str = "cpu",

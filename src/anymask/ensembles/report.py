@@ -239,7 +239,8 @@ def write_ensemble_report(folders: Sequence[Path], out: Path) -> Path:
         raise AnymaskError(
             "the ensembles were measured on different images (test and validation); report them apart"
         )
-    images = {"test": "Test", "val": "Validation"}[splits.pop()]
+    split = splits.pop()
+    images = {"test": "Test", "val": "Validation"}.get(split, f"'{split}'")
     lines = [
         "# Ensembles: accuracy, NLL and calibration",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from anymask.bounds import bounded
@@ -56,6 +57,10 @@ class MaskConfig:
             return self.prune_bn_mode
         method = "file" if self.mask_file else self.mask_method
         return REFERENCE_BN_MODES.get(method, "eval")
+
+    def resolved(self) -> MaskConfig:
+        """A copy with automatic values made concrete: what a run saves, hashes and reports."""
+        return dataclasses.replace(self, prune_bn_mode=self.bn_mode())
 
     def inert_settings(self) -> set[str]:
         """Settings only other mask methods read: left out of the run's hash."""

@@ -25,6 +25,8 @@ from anymask.experiments.report.groups import (
 from anymask.experiments.report.runs import Run
 from anymask.experiments.report.stats import Gain, mean_std
 
+FINAL = "final_test_acc"  # the accuracy the pooled gains compare
+
 
 def percent_cell(values: Sequence[float]) -> str:
     """'93.11 ± 0.52 (3)': mean ± std in percent, and the number of seeds."""
@@ -144,7 +146,7 @@ def pooled_gains_markdown(table: Table) -> str:
     rows = []
     for sparsity in table.sparsities:
         cells = [
-            (table.pooled_gain(r, ref, sparsity, KEY), table.pooled_gain(r, ref, sparsity, KEY, True))
+            (table.pooled_gain(r, ref, sparsity, FINAL), table.pooled_gain(r, ref, sparsity, FINAL, True))
             for r, ref in table.recipe_pairs
         ]
         if any(every for every, _ in cells):
@@ -174,9 +176,6 @@ def pooled_gains_markdown(table: Table) -> str:
             "where the baseline's score says more about the mask than about training."
         )
     return f"{legend}\n\n{markdown_table(header, body)}\n"
-
-
-KEY = "final_test_acc"
 
 
 def _leaves_out(every: Gain | None, connected: Gain | None) -> bool:
