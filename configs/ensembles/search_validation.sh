@@ -31,9 +31,9 @@ arm() {  # arm name, then anymask ensemble's extra flags
 }
 
 arm peak-0.1                                   # the evidence's settings (prune-and-tune's code)
+arm classifier-whole --no-prune-classifier     # as prune-and-tune's code: the last layer is not split
 arm peak-0.03 --tune-lr 0.03
 arm peak-0.01 --tune-lr 0.01
-arm classifier-whole --no-prune-classifier     # as prune-and-tune's code: the last layer is not split
 arm five-epochs --tune-epochs 5
 
 anymask ensemble-report "$KEPT"/* --out docs/results/ensembles_search
