@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from anymask.cli import main
 from anymask.config import RunConfig
+from anymask.data import ImageDataset, load_dataset
 from anymask.ensembles import (
     EnsembleSettings,
     anti_random_masks,
@@ -23,9 +24,10 @@ from anymask.ensembles import (
     prune_and_tune,
     pruned_child,
 )
-from anymask.ensembles.report import write_ensemble_report
+from anymask.ensembles.report import group_label, write_ensemble_report
 from anymask.errors import AnymaskError
 from anymask.masks import Mask
+from anymask.models import create_model
 from anymask.train import run_experiment
 from anymask.train.lr import lr_at
 from quick_runs import quick_config
@@ -143,6 +145,39 @@ def test_anti_random_ensemble_end_to_end(parent: Path, pat: tuple[Path, dict]) -
         prune_and_tune(parent, out, EnsembleSettings(children=2, tune_epochs=1, seed=7))
 
 
+def hand_accuracy(model: torch.nn.Module, data: ImageDataset) -> float:
+    """Accuracy on the test images, normalised by hand (uint8 / 255, then per-channel mean and std)."""
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = model((data.test_x.float() / 255 - mean) / std)
+    return (logits.argmax(1) == data.test_y).double().mean().item()
+
+
+def test_untuned_children_are_their_masks_on_the_parents_weights(
+    parent: Path, pat: tuple[Path, dict]
+) -> None:
+    """ensemble.json's 'untuned': each child's mask applied to the parent's weights by hand, evaluated by
+    hand, gives the accuracy recorded; the tuned children differ from it (tuning moved them)."""
+    out, record = pat
+    untuned = record["untuned"]
+    data = load_dataset("digits", train_subset=256)
+    model = create_model("cnn", data.num_classes, data.input_shape, 1.0)
+    parent_state = child_weights(parent)
+    accuracies = []
+    for index in range(2):
+        mask = Mask.load(out / f"child-{index}" / "mask.safetensors")
+        state = {name: t * mask[name] if name in mask else t for name, t in parent_state.items()}
+        model.load_state_dict(state)
+        accuracies.append(hand_accuracy(model.eval(), data))
+        assert untuned["members"][index]["child"] == index
+        assert untuned["members"][index]["accuracy"] == pytest.approx(accuracies[-1], abs=1e-9)
+    assert untuned["ensemble"]["mean_member_accuracy"] == pytest.approx(sum(accuracies) / 2)
+    tuned = [m["accuracy"] for m in record["members"]]
+    assert tuned != [m["accuracy"] for m in untuned["members"]]
+    assert untuned["ensemble"]["nll"] > 0 and 0 <= untuned["ensemble"]["ece"] <= 1
+
+
 def test_mask_method_children_each_with_their_own_seed(parent: Path, tmp_path: Path) -> None:
     settings = EnsembleSettings(
         children=2, pruning="random", sparsity=0.7, tune_epochs=1, tune_lr=0.05, include_parent=True
@@ -196,9 +231,32 @@ def test_a_set_of_runs_and_the_report(parent: Path, pat: tuple[Path, dict], tmp_
     assert deep["cost"]["epochs"] == 3 + 1
     report = write_ensemble_report([pat[0], tmp_path / "deep"], tmp_path / "report")
     text = report.read_text()
-    for heading in ("paired gain", "deep ensembles", "each child's acc", "gap closed"):
+    for heading in ("paired gain", "deep ensembles", "each child's acc", "gap closed", "before tuning"):
         assert heading in text
     assert (tmp_path / "report" / "reliability_0.png").stat().st_size > 10_000
+
+
+def test_a_damaged_untuned_record_is_named(pat: tuple[Path, dict], tmp_path: Path) -> None:
+    record = json.loads((pat[0] / "ensemble.json").read_text())
+    record["untuned"]["ensemble"]["accuracy"] = "high"
+    (tmp_path / "pat").mkdir()
+    (tmp_path / "pat" / "ensemble.json").write_text(json.dumps(record))
+    with pytest.raises(AnymaskError, match="'untuned' ensemble: its entry 'accuracy' is a string"):
+        write_ensemble_report([tmp_path / "pat"], tmp_path / "report")
+
+
+def test_ensembles_made_differently_never_share_a_group(pat: tuple[Path, dict]) -> None:
+    """The report groups ensembles by every setting they were made with: another peak learning rate or a
+    run setting given to the children is another group; the defaults read as before."""
+    record = pat[1]
+    plain = {**record, "settings": {**record["settings"], "tune_lr": 0.1, "overrides": {}}}
+    assert group_label(plain) == "anti-random, 2 children, 1 epochs, recipe default"
+    slower = {**plain, "settings": {**plain["settings"], "tune_lr": 0.03}}
+    whole = {**plain, "settings": {**plain["settings"], "overrides": {"prune_classifier": False}}}
+    labels = {group_label(plain), group_label(slower), group_label(whole)}
+    assert len(labels) == 3
+    assert group_label(slower).endswith("tune_lr 0.03")
+    assert group_label(whole).endswith("prune_classifier=False")
 
 
 def last_val_acc(folder: Path) -> float:

@@ -235,6 +235,7 @@ ENSEMBLE_NUMBERS: Schema = {
     "reliability": dict,
 }
 COST_SCHEMA: Schema = {"epochs": NUMBER, "epochs_ratio": NUMBER, "seconds_ratio": (*NUMBER, type(None))}
+UNTUNED_NUMBERS: Schema = {"accuracy": NUMBER, "nll": NUMBER, "ece": NUMBER, "mean_member_accuracy": NUMBER}
 
 
 def read_ensemble_record(path: str | Path) -> dict[str, Any]:
@@ -246,6 +247,12 @@ def read_ensemble_record(path: str | Path) -> dict[str, Any]:
     check_entries(record["evaluated_on"], {"data": str}, path, "ensemble.json", "its 'evaluated_on': ")
     if record["kind"] == "prune-and-tune":
         check_entries(record, {"parent": dict, "settings": dict}, path, "ensemble.json")
+    if "untuned" in record:  # the children before tuning (ensemble.json files of older versions lack it)
+        untuned = check_entries(
+            record["untuned"], {"ensemble": dict}, path, "ensemble.json", "its 'untuned': "
+        )
+        where = "its 'untuned' ensemble: "
+        check_entries(untuned["ensemble"], UNTUNED_NUMBERS, path, "ensemble.json", where)
     if not record["members"]:
         raise damaged(path, "ensemble.json", "it lists no members")
     for number, member in enumerate(record["members"], 1):

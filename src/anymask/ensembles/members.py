@@ -111,6 +111,19 @@ def split_probabilities(
     split: str = "test",
 ) -> torch.Tensor:
     """The run's softmax probabilities (float64) on the test (or validation) images, in file order."""
+    return model_probabilities(run.model(data, device), run, data, device, batch_size, split)
+
+
+def model_probabilities(
+    model: nn.Module,
+    run: MemberRun,
+    data: ImageDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+    split: str = "test",
+) -> torch.Tensor:
+    """`model`'s softmax probabilities (float64) on the split's images, fed as `run` was trained (its
+    memory format); `model` is the run's own or one built from its weights (a child before tuning)."""
     images, labels = split_images(data, split)
     batches = iterate_batches(
         images.to(device),
@@ -122,7 +135,6 @@ def split_probabilities(
         augment=False,
         channels_last=run.config.train.channels_last,
     )
-    model = run.model(data, device)
     if run.config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return predict_probabilities(model, batches)

@@ -21,6 +21,7 @@ from anymask.config import RunConfig
 from anymask.ensembles.evaluate import evaluate_ensemble, summary_line, training_cost, write_ensemble_json
 from anymask.ensembles.members import SPLITS, MemberRun, evaluation_data, read_member
 from anymask.ensembles.pruning import ANTI_RANDOM, anti_random_within
+from anymask.ensembles.untuned import untuned_children
 from anymask.errors import AnymaskError
 from anymask.experiments.engines.base import engine_bounds
 from anymask.io import check_output_folder
@@ -337,6 +338,7 @@ def prune_and_tune(
         member["child"] = index
         if settings.pruning == ANTI_RANDOM:
             member["pair"] = index // 2
+    record["untuned"] = untuned_children(parent, children, data_dir=data_dir, device=eval_device, split=split)
     record["cost"] = training_cost(members, parent)
     write_ensemble_json(out, record)
     return record

@@ -53,11 +53,19 @@ def read_ensembles(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]
     return found
 
 
+TUNING_DEFAULTS = {"tune_lr": 0.1, "tune_warmup": 0.1, "tune_start": 0.01}  # EnsembleSettings' defaults
+
+
 def group_label(record: dict[str, Any]) -> str:
+    """The settings an ensemble was made with, in words; ensembles differing in any (the tuning schedule,
+    a run setting given to the children) never share a group."""
     s = record["settings"]
     how = s["pruning"] if s["pruning"] == "anti-random" else f"{s['pruning']} {s['sparsity']:g}"
     parent = " + parent" if record.get("parent_is_member") else ""
-    return f"{how}, {s['children']} children{parent}, {s['tune_epochs']} epochs, recipe {s['recipe']}"
+    label = f"{how}, {s['children']} children{parent}, {s['tune_epochs']} epochs, recipe {s['recipe']}"
+    changed = [f"{key} {s[key]:g}" for key, value in TUNING_DEFAULTS.items() if s.get(key, value) != value]
+    changed += [f"{key}={value}" for key, value in sorted(s.get("overrides", {}).items())]
+    return ", ".join([label, *changed])
 
 
 def mean_sd(values: Sequence[float], scale: float, digits: int = 2) -> str:
@@ -109,6 +117,7 @@ def group_summary(group: EnsembleGroup) -> str:
     rows.append(["NLL ensemble / parent", "", f"{statistics.fmean(nll_ratio):.3f}", ""])
     member_means = [r["ensemble"]["mean_member_accuracy"] for r in group.records]
     rows.append(["children's own accuracy (%), mean", "", mean_sd(member_means, 100.0), ""])
+    rows += untuned_rows(group)
     epochs = [r["cost"]["epochs_ratio"] for r in group.records]
     seconds = [r["cost"]["seconds_ratio"] for r in group.records if r["cost"]["seconds_ratio"] is not None]
     rows.append(["training epochs vs parent", "1", f"{statistics.fmean(epochs):.2f}x", ""])
@@ -116,6 +125,30 @@ def group_summary(group: EnsembleGroup) -> str:
         rows.append(["training seconds vs parent", "1", f"{statistics.fmean(seconds):.2f}x", ""])
     header = ["", "parent", "ensemble", f"paired gain, 95% CI (n={len(group.records)})"]
     return markdown_table(header, rows)
+
+
+def untuned_rows(group: EnsembleGroup) -> list[list[str]]:
+    """The children before tuning (their masks on the parent's weights), where every ensemble of the group
+    measured them: what pruning cost, beside what tuning and averaging won back."""
+    if not all("untuned" in r for r in group.records):
+        return []
+    untuned = [r["untuned"]["ensemble"] for r in group.records]
+    parents = group.values("parent", "accuracy")
+    gains = [u["accuracy"] - p for u, p in zip(untuned, parents, strict=True)]
+    return [
+        [
+            "children before tuning: own accuracy (%), mean",
+            "",
+            mean_sd([u["mean_member_accuracy"] for u in untuned], 100.0),
+            "",
+        ],
+        [
+            "children before tuning: ensemble accuracy (%)",
+            "",
+            mean_sd([u["accuracy"] for u in untuned], 100.0),
+            gain_text(gains, 100.0, 2),
+        ],
+    ]
 
 
 def per_parent_table(group: EnsembleGroup, folders: dict[int, Path]) -> str:
