@@ -145,12 +145,16 @@ def test_anti_random_ensemble_end_to_end(parent: Path, pat: tuple[Path, dict]) -
         prune_and_tune(parent, out, EnsembleSettings(children=2, tune_epochs=1, seed=7))
 
 
-def hand_accuracy(model: torch.nn.Module, data: ImageDataset) -> float:
-    """Accuracy on the test images, normalised by hand (uint8 / 255, then per-channel mean and std)."""
+def normalised(images: torch.Tensor, data: ImageDataset) -> torch.Tensor:
+    """uint8 images by hand: / 255, then the per-channel mean and std."""
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def hand_accuracy(model: torch.nn.Module, data: ImageDataset) -> float:
     with torch.no_grad():
-        logits = model((data.test_x.float() / 255 - mean) / std)
+        logits = model(normalised(data.test_x, data))
     return (logits.argmax(1) == data.test_y).double().mean().item()
 
 
@@ -161,7 +165,7 @@ def test_untuned_children_are_their_masks_on_the_parents_weights(
     hand, gives the accuracy recorded; the tuned children differ from it (tuning moved them)."""
     out, record = pat
     untuned = record["untuned"]
-    data = load_dataset("digits", train_subset=256)
+    data = load_dataset("digits")  # as ensembles measure: every training image, not the run's subset
     model = create_model("cnn", data.num_classes, data.input_shape, 1.0)
     parent_state = child_weights(parent)
     accuracies = []
@@ -175,6 +179,24 @@ def test_untuned_children_are_their_masks_on_the_parents_weights(
     assert untuned["ensemble"]["mean_member_accuracy"] == pytest.approx(sum(accuracies) / 2)
     tuned = [m["accuracy"] for m in record["members"]]
     assert tuned != [m["accuracy"] for m in untuned["members"]]
+    # recalibrated: BatchNorm statistics averaged over the training images (all of digits' 1,347 here,
+    # fewer than RECALIBRATION_IMAGES), batch by batch
+    recalibrated = untuned["recalibrated"]
+    assert recalibrated["images"] == len(data.train_y) == 1347
+    for index in range(2):
+        mask = Mask.load(out / f"child-{index}" / "mask.safetensors")
+        model.load_state_dict({n: t * mask[n] if n in mask else t for n, t in parent_state.items()})
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert norms
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+        model.train()
+        with torch.no_grad():
+            for start in range(0, 1347, 64):  # the run's batch size
+                model(normalised(data.train_x[start : start + 64], data))
+        accuracy = hand_accuracy(model.eval(), data)
+        assert recalibrated["members"][index]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
     assert untuned["ensemble"]["nll"] > 0 and 0 <= untuned["ensemble"]["ece"] <= 1
 
 
@@ -238,10 +260,12 @@ def test_a_set_of_runs_and_the_report(parent: Path, pat: tuple[Path, dict], tmp_
 
 def test_a_damaged_untuned_record_is_named(pat: tuple[Path, dict], tmp_path: Path) -> None:
     record = json.loads((pat[0] / "ensemble.json").read_text())
-    record["untuned"]["ensemble"]["accuracy"] = "high"
+    record["untuned"]["recalibrated"]["ensemble"]["accuracy"] = "high"
     (tmp_path / "pat").mkdir()
     (tmp_path / "pat" / "ensemble.json").write_text(json.dumps(record))
-    with pytest.raises(AnymaskError, match="'untuned' ensemble: its entry 'accuracy' is a string"):
+    with pytest.raises(
+        AnymaskError, match="'untuned' recalibrated ensemble: its entry 'accuracy' is a string"
+    ):
         write_ensemble_report([tmp_path / "pat"], tmp_path / "report")
 
 

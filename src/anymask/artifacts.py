@@ -248,16 +248,22 @@ def read_ensemble_record(path: str | Path) -> dict[str, Any]:
     if record["kind"] == "prune-and-tune":
         check_entries(record, {"parent": dict, "settings": dict}, path, "ensemble.json")
     if "untuned" in record:  # the children before tuning (ensemble.json files of older versions lack it)
-        untuned = check_entries(
-            record["untuned"], {"ensemble": dict}, path, "ensemble.json", "its 'untuned': "
-        )
-        where = "its 'untuned' ensemble: "
-        check_entries(untuned["ensemble"], UNTUNED_NUMBERS, path, "ensemble.json", where)
+        check_untuned(record["untuned"], path)
     if not record["members"]:
         raise damaged(path, "ensemble.json", "it lists no members")
     for number, member in enumerate(record["members"], 1):
         check_entries(member, {}, path, "ensemble.json", f"member {number}: ")
     return record
+
+
+def check_untuned(untuned: Any, path: Path) -> None:
+    """ensemble.json's 'untuned': its ensemble numbers, and those of its 'recalibrated' entry."""
+    where = "its 'untuned': "
+    check_entries(untuned, {"ensemble": dict, "recalibrated": dict}, path, "ensemble.json", where)
+    for entry, name in ((untuned, "'untuned'"), (untuned["recalibrated"], "'untuned' recalibrated")):
+        where = f"its {name} ensemble: "
+        check_entries(entry, {"ensemble": dict}, path, "ensemble.json", f"its {name}: ")
+        check_entries(entry["ensemble"], UNTUNED_NUMBERS, path, "ensemble.json", where)
 
 
 def read_tracking_state(path: str | Path) -> dict[str, dict[str, Any]]:

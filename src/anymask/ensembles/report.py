@@ -128,27 +128,30 @@ def group_summary(group: EnsembleGroup) -> str:
 
 
 def untuned_rows(group: EnsembleGroup) -> list[list[str]]:
-    """The children before tuning (their masks on the parent's weights), where every ensemble of the group
-    measured them: what pruning cost, beside what tuning and averaging won back."""
+    """The children before tuning (their masks on the parent's weights), with the parent's BatchNorm
+    statistics and with recomputed ones, where every ensemble of the group measured them: what pruning
+    cost, beside what tuning and averaging won back."""
     if not all("untuned" in r for r in group.records):
         return []
-    untuned = [r["untuned"]["ensemble"] for r in group.records]
     parents = group.values("parent", "accuracy")
-    gains = [u["accuracy"] - p for u, p in zip(untuned, parents, strict=True)]
-    return [
-        [
-            "children before tuning: own accuracy (%), mean",
-            "",
-            mean_sd([u["mean_member_accuracy"] for u in untuned], 100.0),
-            "",
-        ],
-        [
-            "children before tuning: ensemble accuracy (%)",
-            "",
-            mean_sd([u["accuracy"] for u in untuned], 100.0),
-            gain_text(gains, 100.0, 2),
-        ],
-    ]
+    rows = []
+    for label, entries in (
+        ("parent's BN statistics", [r["untuned"] for r in group.records]),
+        ("BN statistics recomputed", [r["untuned"]["recalibrated"] for r in group.records]),
+    ):
+        untuned = [entry["ensemble"] for entry in entries]
+        gains = [u["accuracy"] - p for u, p in zip(untuned, parents, strict=True)]
+        own = mean_sd([u["mean_member_accuracy"] for u in untuned], 100.0)
+        rows += [
+            [f"children before tuning, {label}: own accuracy (%), mean", "", own, ""],
+            [
+                f"children before tuning, {label}: ensemble accuracy (%)",
+                "",
+                mean_sd([u["accuracy"] for u in untuned], 100.0),
+                gain_text(gains, 100.0, 2),
+            ],
+        ]
+    return rows
 
 
 def per_parent_table(group: EnsembleGroup, folders: dict[int, Path]) -> str:
