@@ -5,7 +5,9 @@
 # The parent is the validation teacher of configs/teachers_cifar10_resnet20.toml (dense ResNet-20, seed 0,
 # 2,000 training images held out: docs/results/teachers/runs/dd8e343f09e7, weights committed). Every arm
 # is 6 anti-random children tuned 4 epochs (5 for the longer arm: 2.0x the parent's epochs, the issue's
-# limit), measured on the held-out images (--split val), never on the test images. Resumable, and each
+# limit), measured on the held-out images (--split val), never on the test images. kd-parent distils
+# the parent into each child (`kd`: temperature 4, weight 0.9): the children start near chance
+# (docs/ensembles.md, the untuned rows) and re-learn the function, which the parent's soft labels teach. Resumable, and each
 # arm's small files are kept as it finishes (a run again skips what is kept). WORKERS (default 2).
 # The choice, fixed before any arm ran: the arm whose ensemble has the highest validation accuracy (the
 # goal's first criterion), lower validation NLL breaking a tie within 0.25 points (5 of the 2,000 images).
@@ -34,6 +36,7 @@ arm() {  # arm name, then anymask ensemble's extra flags
 }
 
 arm peak-0.1                                   # the evidence's settings (prune-and-tune's code)
+arm kd-parent --recipe kd --teacher "$PARENT"  # children distilled from their parent while tuning
 arm classifier-whole --no-prune-classifier     # as prune-and-tune's code: the last layer is not split
 arm peak-0.03 --tune-lr 0.03
 arm peak-0.01 --tune-lr 0.01

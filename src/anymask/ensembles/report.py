@@ -54,6 +54,8 @@ def read_ensembles(folders: Sequence[Path]) -> list[tuple[Path, dict[str, Any]]]
 
 
 TUNING_DEFAULTS = {"tune_lr": 0.1, "tune_warmup": 0.1, "tune_start": 0.01}  # EnsembleSettings' defaults
+# Child settings that say where and how visibly a child trains, not what it learns: never a group apart.
+PLACEMENT = frozenset({"progress", "threads", "device", "data_dir", "log", "log_project", "mlflow_uri"})
 
 
 def group_label(record: dict[str, Any]) -> str:
@@ -64,7 +66,8 @@ def group_label(record: dict[str, Any]) -> str:
     parent = " + parent" if record.get("parent_is_member") else ""
     label = f"{how}, {s['children']} children{parent}, {s['tune_epochs']} epochs, recipe {s['recipe']}"
     changed = [f"{key} {s[key]:g}" for key, value in TUNING_DEFAULTS.items() if s.get(key, value) != value]
-    changed += [f"{key}={value}" for key, value in sorted(s.get("overrides", {}).items())]
+    overrides = sorted(s.get("overrides", {}).items())
+    changed += [f"{key}={value}" for key, value in overrides if key not in PLACEMENT]
     return ", ".join([label, *changed])
 
 
