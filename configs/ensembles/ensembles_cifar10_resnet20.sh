@@ -73,9 +73,20 @@ for seed in 0 1 2; do
     --workers "$WORKERS"
 done
 
+# 2b. the arm chosen on validation images (configs/ensembles/search_validation.sh), when it is not the
+#     evidence's settings: ARM names it, ARM_FLAGS are its flags, e.g.
+#       ARM=five-epochs ARM_FLAGS="--tune-epochs 5" bash configs/ensembles/ensembles_cifar10_resnet20.sh
+if [ -n "${ARM:-}" ]; then
+  for seed in 0 1 2; do
+    # shellcheck disable=SC2086  # ARM_FLAGS is a list of flags
+    ensemble "$ARM/parent-$seed" "$(parent "$seed")" \
+      --config configs/ensembles/ensembles_cifar10_resnet20.toml --workers "$WORKERS" ${ARM_FLAGS:-}
+  done
+fi
+
 # 3. the deep ensemble: the four parents, independently trained
 ensemble deep-4 --members "$(parent 0)" "$(parent 1)" "$(parent 2)" "$(parent 3)"
 
 # 4. the report
 anymask ensemble-report "$KEPT"/runs/anti-random/parent-* "$KEPT"/runs/random-50/parent-* \
-  "$KEPT/runs/deep-4" --out "$KEPT"
+  ${ARM:+"$KEPT"/runs/"$ARM"/parent-*} "$KEPT/runs/deep-4" --out "$KEPT"
