@@ -20,6 +20,7 @@ ENSEMBLE_REPORTS = {
     "docs/results/ensembles": (
         "docs/results/ensembles/runs/anti-random/parent-*",
         "docs/results/ensembles/runs/random-50/parent-*",
+        "docs/results/ensembles/runs/five-epochs/parent-*",  # ARM=five-epochs: the arm chosen on validation
         "docs/results/ensembles/runs/deep-4",
     ),
     "docs/results/ensembles_search": ("docs/results/ensembles_search/runs/*",),
