@@ -3,6 +3,7 @@ validation) predictions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,22 @@ def model_probabilities(
     """`model`'s softmax probabilities (float64) on the split's images, fed as `run` was trained (its
     memory format); `model` is the run's own or one built from its weights (a child before tuning)."""
     images, labels = split_images(data, split)
-    batches = iterate_batches(
+    batches = plain_batches(images, labels, run, data, device, batch_size)
+    if run.config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return predict_probabilities(model, batches)
+
+
+def plain_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    run: MemberRun,
+    data: ImageDataset,
+    device: torch.device | str,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`images` in file order, normalised as `data` says, not augmented, in the run's memory format."""
+    return iterate_batches(
         images.to(device),
         labels.to(device),
         batch_size,
@@ -135,9 +151,6 @@ def model_probabilities(
         augment=False,
         channels_last=run.config.train.channels_last,
     )
-    if run.config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return predict_probabilities(model, batches)
 
 
 def member_record(run: MemberRun) -> dict[str, Any]:

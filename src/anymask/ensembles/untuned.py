@@ -17,10 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from anymask.data import ImageDataset, iterate_batches
+from anymask.data import ImageDataset
 from anymask.ensembles.calibration import calibration
 from anymask.ensembles.combine import mean_probabilities
-from anymask.ensembles.members import MemberRun, evaluation_data, model_probabilities, split_images
+from anymask.ensembles.members import (
+    MemberRun,
+    evaluation_data,
+    model_probabilities,
+    plain_batches,
+    split_images,
+)
 from anymask.ensembles.pruning import pruned_child
 from anymask.recipe.gradinit import recalibrate_running_stats
 from anymask.train.distributed import World, resolve_device
@@ -67,16 +73,7 @@ def recalibrated(
     model = copy.deepcopy(model)
     images, labels = data.train_x[:RECALIBRATION_IMAGES], data.train_y[:RECALIBRATION_IMAGES]
     batch_size = run.config.train.batch_size
-    batches = iterate_batches(
-        images.to(device),
-        labels.to(device),
-        batch_size,
-        mean=data.mean,
-        std=data.std,
-        shuffle=False,
-        augment=False,
-        channels_last=run.config.train.channels_last,
-    )
+    batches = plain_batches(images, labels, run, data, device, batch_size)
     recalibrate_running_stats(model, batches, math.ceil(len(labels) / batch_size))
     return model.eval()
 
