@@ -24,6 +24,7 @@ from anymask.dst import DstConfig, DynamicSparsity, UpdateSchedule
 from anymask.dst.updater import dst_seed
 from anymask.errors import AnymaskError
 from anymask.masks import Mask, enforce
+from anymask.models import create_model
 from anymask.train import run_experiment
 from anymask.train.trainer import Trainer
 
@@ -338,6 +339,39 @@ def test_resume_is_bit_exact_across_updates(
         ]
 
     assert records(resumed) == records(reference)
+    costs = [json.loads((folder / "summary.json").read_text()) for folder in (reference, resumed)]
+    assert costs[0]["train_flops"] == costs[1]["train_flops"]  # RigL's dense gradients not lost
+
+
+def masked_positions_times_zeros(model: torch.nn.Module, mask: Mask, example: torch.Tensor) -> float:
+    """Per example: what a dense weight gradient costs beyond the sparse one, layer by layer by hand."""
+    positions: dict[str, int] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda m, a, out, name=name: positions.__setitem__(name, out[0].numel() // m.weight.shape[0])
+        )
+        for name, module in model.named_modules()
+        if f"{name}.weight" in mask
+    ]
+    model(example)
+    for hook in hooks:
+        hook.remove()
+    return sum(positions[n.rsplit(".", 1)[0]] * (m.numel() - int(m.sum())) for n, m in mask.items())
+
+
+def test_rigl_pays_a_dense_weight_gradient_at_each_update_and_set_does_not(tmp_path: Path) -> None:
+    """As the RigL paper counts it: an update step's weight gradient is dense; all else costs what SET's
+    steps cost (the same counts per layer)."""
+    rigl = run_experiment(quick_config(dst="rigl"), tmp_path / "rigl")
+    set_summary = run_experiment(quick_config(dst="set"), tmp_path / "set").summary
+    start = Mask.load(rigl.out_dir / "mask_start.safetensors")
+    extra = masked_positions_times_zeros(create_model("cnn", 10, (1, 8, 8)), start, torch.zeros(1, 1, 8, 8))
+    assert extra > 0 and "dense_gradient_flops" not in set_summary
+    s = rigl.summary
+    assert s["dense_gradient_steps"] == 3
+    assert s["dense_gradient_flops"] == pytest.approx(2 * 3 * 64 * extra)  # updates x batch x per image
+    assert s["train_flops"] - s["dense_gradient_flops"] == pytest.approx(set_summary["train_flops"])
+    assert s["train_flops_vs_default"] > set_summary["train_flops_vs_default"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("method", ["random", "erk", "snip", "synflow", "lth", "file"])

@@ -357,7 +357,11 @@ def test_layer_macs_count_nonzero_weights_at_each_output_position() -> None:
         linear(torch.randn(4, 6))
         with torch.no_grad():
             linear(torch.randn(2, 6))
-    assert counts == {"train": 4 * 18, "forward": 2 * 18}
+    assert counts == {"train": 4 * 18, "forward": 2 * 18, "train_dense": 4 * 18}
+    linear.weight.data[0] = 0  # one output's 6 weights pruned: the dense count still pays for them
+    with counting_macs() as counts:
+        linear(torch.randn(4, 6))
+    assert counts == {"train": 4 * 12, "forward": 0, "train_dense": 4 * 18}
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ class ExtensionContext:
     steps_per_epoch: int
     out_dir: Path | None = None  # the run folder on the process that writes it (rank 0), else None
     resuming: bool = False  # a checkpoint will be loaded: do not redo what the first start did
+    cost: Any = None  # anymask.flops.CostMeter | None: the trainer's, for steps that cost more (RigL)
 
 
 class TrainerExtension:

@@ -143,6 +143,7 @@ class SparseTraining:
         *,
         mask: Mask | None = None,
         start_step: int = 0,
+        cost: Any = None,
     ) -> nn.Module:
         """Mask `model`, install the recipe (GradInit runs here), add the ghost parameters to `optimizer`
         as their own group and hook the optimizer. Returns `model` (changed in place).
@@ -151,6 +152,8 @@ class SparseTraining:
         only if their phase is not over, so `optimizer.load_state_dict` then fits.
         mask: the mask to train, when it was made after this object (overrides `mask=` of the constructor).
         start_step: the step training starts at, where it is not 0 (a lottery ticket rewound to step k).
+        cost: the trainer's `anymask.flops.CostMeter`, for extensions whose steps cost more than the
+            masked network's (RigL's dense gradient); a user's loop that counts no cost leaves it out.
         """
         if self.model is not None:
             raise AnymaskError("SparseTraining.prepare was already called; make one SparseTraining per model")
@@ -195,6 +198,7 @@ class SparseTraining:
             self.steps_per_epoch or 1,
             self.out_dir,
             resuming,
+            cost,
         )
         self.extensions = create_extensions(context)
         if resuming:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from anymask.dst.config import DstConfig
-from anymask.dst.growth import GROWTH
+from anymask.dst.growth import DENSE_GRADIENT, GROWTH
 from anymask.dst.updater import DynamicSparsity
 from anymask.errors import AnymaskError
 from anymask.extensions import TRAINER_EXTENSIONS, ExtensionContext, ExtensionKind, TrainerExtension
@@ -55,13 +55,16 @@ class DstExtension(TrainerExtension):
         self.updater = updater
         self.steps_per_epoch = context.steps_per_epoch
         self.out_dir = context.out_dir
+        # The trainer's cost meter, where the updates read the dense gradient (RigL) and a meter counts.
+        self.cost = context.cost if updater.method in DENSE_GRADIENT else None
 
     def start(self) -> None:
         if self.out_dir is not None:
             self.updater.mask.save(self.out_dir / MASK_START)
 
     def after_backward(self, step: int, batch: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        self.updater.update(step)
+        if self.updater.update(step) is not None and self.cost is not None:
+            self.cost.add_dense_weight_gradient()
 
     def epoch_metrics(self, epoch: int) -> dict[str, Any]:
         """Sums over the epoch's updates, each update's record, and the exploration so far."""

@@ -104,7 +104,7 @@ class Trainer:
         self.cost = CostMeter()
         if state is not None:  # before prepare: no GradInit, no ghost part whose phase is over
             self.sparse.load_state_dict(self._sparse_state(state, mask, start_step))
-        self.sparse.prepare(model, self.optimizer, mask=mask, start_step=start_step)
+        self.sparse.prepare(model, self.optimizer, mask=mask, start_step=start_step, cost=self.cost)
         if state is not None:
             self._load_loop_state(state)
         self.network = self._wrap(model)
