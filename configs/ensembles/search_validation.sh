@@ -49,8 +49,8 @@ arm five-epochs --tune-epochs 5
 # children as five-epochs, so their accuracies must match its kept ones); five epochs at peak 0.03 (the
 # runner-up lr of round 1). The same rule chooses among these and five-epochs; only a new winner gets
 # test runs (configs/ensembles/ensembles_cifar10_resnet20.sh with ARM/ARM_FLAGS).
-arm with-parent --tune-epochs 5 --include-parent
 arm four-children-7 --children 4 --tune-epochs 7
+arm with-parent --tune-epochs 5 --include-parent
 arm pair-15 --children 2 --tune-epochs 15
 arm five-epochs-0.03 --tune-epochs 5 --tune-lr 0.03
 
