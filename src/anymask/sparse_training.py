@@ -41,6 +41,7 @@ from anymask.config import SECTIONS, RunConfig, section_of
 from anymask.data.iterable import as_data
 from anymask.errors import AnymaskError
 from anymask.extensions import ExtensionContext, TrainerExtension, create_extensions, validate_extensions
+from anymask.flops import CostMeter
 from anymask.masks import METHODS, Mask, MaskEnforcer, check_sparsity, make_mask
 from anymask.models.calling import ModelCall, OutputFn
 from anymask.recipe import Recipe, RecipeContext
@@ -143,7 +144,7 @@ class SparseTraining:
         *,
         mask: Mask | None = None,
         start_step: int = 0,
-        cost: Any = None,
+        cost: CostMeter | None = None,
     ) -> nn.Module:
         """Mask `model`, install the recipe (GradInit runs here), add the ghost parameters to `optimizer`
         as their own group and hook the optimizer. Returns `model` (changed in place).

@@ -17,7 +17,7 @@ from anymask.registry import Registry
 GrowthRule = Callable[[nn.Parameter, torch.Generator], torch.Tensor]
 GROWTH: Registry[GrowthRule] = Registry("dst method")
 # Rules that read the full weight gradient: their update steps cost the dense weight gradient (flops.py).
-DENSE_GRADIENT: set[str] = set()
+DENSE_GRADIENT = frozenset({"rigl"})
 
 
 @GROWTH.register("set")
@@ -36,6 +36,3 @@ def gradient_scores(param: nn.Parameter, generator: torch.Generator) -> torch.Te
             "loss.backward() and before optimizer.step() (the step's mask hook zeroes pruned gradients)"
         )
     return param.grad.detach().abs()
-
-
-DENSE_GRADIENT.add("rigl")
