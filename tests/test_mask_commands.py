@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from anymask.masks import Mask
-from cli_helpers import anymask, quick_train
+from cli_helpers import anymask, anymask_in_process, quick_train
 
 
 def prune(tmp_path: Path, method: str, sparsity: str = "0.9", *extra: str) -> Path:
@@ -108,8 +108,8 @@ def test_prune_bad_input(tmp_path: Path) -> None:
             str(tmp_path / "m.safetensors"),
             *args,
         ]
-        result = anymask(*argv)
+        result = anymask_in_process(*argv)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())
-    missing = anymask("inspect", str(tmp_path / "none.safetensors"))
+    missing = anymask_in_process("inspect", str(tmp_path / "none.safetensors"))
     assert missing.returncode == 2 and "not found" in missing.stderr
