@@ -61,6 +61,14 @@ def test_same_seed_reproduces_a_cpu_run(tmp_path: Path) -> None:
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+def test_summary_names_what_the_bits_depend_on_beyond_the_config(tmp_path: Path) -> None:
+    config = quick_config(mask_method="random", sparsity=0.5)  # one thread, as QUICK pins it
+    summary = json.loads((run_experiment(config, tmp_path / "a").out_dir / "summary.json").read_text())
+    assert summary["torch_version"] == torch.__version__
+    assert summary["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    assert summary["threads"] == 1
+
+
 def test_finished_run_is_skipped(tmp_path: Path) -> None:
     config = quick_config(epochs=1)
     run_experiment(config, tmp_path / "run")

@@ -40,6 +40,17 @@ def connectivity_summary(model: nn.Module, mask: Mask, input_shape: tuple[int, .
         return {}
 
 
+def machine_summary() -> dict[str, Any]:
+    """What a seed's bits depend on beyond the config: a run is reproduced bit for bit only with the same
+    PyTorch build, CPU vector instructions (another CPU picks other kernels, which round differently) and
+    thread count (another summation order)."""
+    return {
+        "torch_version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def summarize(
     config: RunConfig, mask: Mask, history: list[dict[str, Any]], model: nn.Module
 ) -> dict[str, Any]:
@@ -65,6 +76,7 @@ def summarize(
         "train_seconds": sum(r["seconds"] for r in history),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config_hash": config.hash(),
+        **machine_summary(),
     }
     if "val_acc" in last:
         best_val = max(final_model, key=lambda r: r["val_acc"])
