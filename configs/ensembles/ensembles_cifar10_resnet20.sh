@@ -73,20 +73,35 @@ for seed in 0 1 2; do
     --workers "$WORKERS"
 done
 
-# 2b. the arm chosen on validation images (configs/ensembles/search_validation.sh), when it is not the
-#     evidence's settings: ARM names it, ARM_FLAGS are its flags, e.g.
-#       ARM=five-epochs ARM_FLAGS="--tune-epochs 5" bash configs/ensembles/ensembles_cifar10_resnet20.sh
+# 2b. the arms chosen on validation images (configs/ensembles/search_validation.sh), on parents 0-2:
+#     five-epochs (round 1's choice), pair-15 (round 2's), and tuned-parent-15, the control that pair-15
+#     needs: the parent itself tuned as long as a pair-15 child, on the same schedule (one child, random
+#     at sparsity 0: every weight kept), so children that beat their parent through 15 more epochs of
+#     training are not mistaken for an ensemble effect (its one child trains on both cores). ARM and
+#     ARM_FLAGS add one more arm, e.g.
+#       ARM=five-epochs-0.03 ARM_FLAGS="--tune-epochs 5 --tune-lr 0.03" bash configs/ensembles/ensembles_cifar10_resnet20.sh
+ARMS=(
+  "five-epochs|--tune-epochs 5"
+  "pair-15|--children 2 --tune-epochs 15"
+  "tuned-parent-15|--children 1 --pruning random --sparsity 0 --tune-epochs 15 --threads 2"
+)
 if [ -n "${ARM:-}" ]; then
-  for seed in 0 1 2; do
-    # shellcheck disable=SC2086  # ARM_FLAGS is a list of flags
-    ensemble "$ARM/parent-$seed" "$(parent "$seed")" \
-      --config configs/ensembles/ensembles_cifar10_resnet20.toml --workers "$WORKERS" ${ARM_FLAGS:-}
-  done
+  ARMS+=("$ARM|${ARM_FLAGS:-}")
 fi
+for arm in "${ARMS[@]}"; do
+  for seed in 0 1 2; do
+    # shellcheck disable=SC2086  # the flags are a list
+    ensemble "${arm%%|*}/parent-$seed" "$(parent "$seed")" \
+      --config configs/ensembles/ensembles_cifar10_resnet20.toml --workers "$WORKERS" ${arm#*|}
+  done
+done
 
 # 3. the deep ensemble: the four parents, independently trained
 ensemble deep-4 --members "$(parent 0)" "$(parent 1)" "$(parent 2)" "$(parent 3)"
 
-# 4. the report
-anymask ensemble-report "$KEPT"/runs/anti-random/parent-* "$KEPT"/runs/random-50/parent-* \
-  ${ARM:+"$KEPT"/runs/"$ARM"/parent-*} "$KEPT/runs/deep-4" --out "$KEPT"
+# 4. the report: prune-and-tune with the issue's settings, random halves, each arm above, the deep ensemble
+groups=("$KEPT"/runs/anti-random/parent-* "$KEPT"/runs/random-50/parent-*)
+for arm in "${ARMS[@]}"; do
+  groups+=("$KEPT"/runs/"${arm%%|*}"/parent-*)
+done
+anymask ensemble-report "${groups[@]}" "$KEPT/runs/deep-4" --out "$KEPT"
