@@ -20,7 +20,9 @@ ENSEMBLE_REPORTS = {
     "docs/results/ensembles": (
         "docs/results/ensembles/runs/anti-random/parent-*",
         "docs/results/ensembles/runs/random-50/parent-*",
-        "docs/results/ensembles/runs/five-epochs/parent-*",  # ARM=five-epochs: the arm chosen on validation
+        "docs/results/ensembles/runs/five-epochs/parent-*",  # the arms chosen on validation, in the script's
+        "docs/results/ensembles/runs/pair-15/parent-*",  # ARMS order, and pair-15's control
+        "docs/results/ensembles/runs/tuned-parent-15/parent-*",
         "docs/results/ensembles/runs/deep-4",
     ),
     "docs/results/ensembles_search": ("docs/results/ensembles_search/runs/*",),
