@@ -274,7 +274,7 @@ def test_ensembles_made_differently_never_share_a_group(pat: tuple[Path, dict]) 
     run setting given to the children is another group; the defaults read as before."""
     record = pat[1]
     plain = {**record, "settings": {**record["settings"], "tune_lr": 0.1, "overrides": {}}}
-    assert group_label(plain) == "anti-random, 2 children, 1 epochs, recipe default"
+    assert group_label(plain) == "anti-random, 2 children, 1 epoch, recipe default"
     slower = {**plain, "settings": {**plain["settings"], "tune_lr": 0.03}}
     whole = {**plain, "settings": {**plain["settings"], "overrides": {"prune_classifier": False}}}
     quiet = {**plain, "settings": {**plain["settings"], "overrides": {"progress": False, "threads": 1}}}
@@ -283,6 +283,13 @@ def test_ensembles_made_differently_never_share_a_group(pat: tuple[Path, dict]) 
     assert len(labels) == 3
     assert group_label(slower).endswith("tune_lr 0.03")
     assert group_label(whole).endswith("prune_classifier=False")
+    control = {
+        **plain,
+        "settings": {**plain["settings"], "pruning": "random", "sparsity": 0.0, "children": 1},
+    }
+    assert group_label(control) == "unpruned, 1 child, 1 epoch, recipe default"  # the parent tuned alone
+    halves = {**control, "settings": {**control["settings"], "sparsity": 0.5, "children": 6}}
+    assert group_label(halves) == "random 0.5, 6 children, 1 epoch, recipe default"
 
 
 def last_val_acc(folder: Path) -> float:

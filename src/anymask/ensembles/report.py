@@ -62,13 +62,21 @@ def group_label(record: dict[str, Any]) -> str:
     """The settings an ensemble was made with, in words; ensembles differing in any (the tuning schedule,
     a run setting given to the children) never share a group."""
     s = record["settings"]
-    how = s["pruning"] if s["pruning"] == "anti-random" else f"{s['pruning']} {s['sparsity']:g}"
+    if s["pruning"] == "anti-random":
+        how = s["pruning"]
+    else:  # a method at sparsity 0 prunes nothing: a control that tunes the parent itself
+        how = "unpruned" if s["sparsity"] == 0 else f"{s['pruning']} {s['sparsity']:g}"
     parent = " + parent" if record.get("parent_is_member") else ""
-    label = f"{how}, {s['children']} children{parent}, {s['tune_epochs']} epochs, recipe {s['recipe']}"
+    children, epochs = plural(s["children"], "child", "children"), plural(s["tune_epochs"], "epoch", "epochs")
+    label = f"{how}, {children}{parent}, {epochs}, recipe {s['recipe']}"
     changed = [f"{key} {s[key]:g}" for key, value in TUNING_DEFAULTS.items() if s.get(key, value) != value]
     overrides = sorted(s.get("overrides", {}).items())
     changed += [f"{key}={value}" for key, value in overrides if key not in PLACEMENT]
     return ", ".join([label, *changed])
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def mean_sd(values: Sequence[float], scale: float, digits: int = 2) -> str:
