@@ -49,6 +49,11 @@ def test_run_folder_holds_everything(tmp_path: Path) -> None:
     # the mask's effective sparsity, for `report` (a random 90% mask of the cnn stays connected)
     assert result.summary["mask_classes_reachable"] == 10 and result.summary["mask_disconnected"] is False
     assert 0 < result.summary["mask_effective_kept"] <= mask.kept()
+    # what the seed's bits depend on beyond the config (QUICK pins one thread)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["torch_version"] == torch.__version__
+    assert summary["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    assert summary["threads"] == 1
 
 
 def test_same_seed_reproduces_a_cpu_run(tmp_path: Path) -> None:
@@ -59,14 +64,6 @@ def test_same_seed_reproduces_a_cpu_run(tmp_path: Path) -> None:
     wa, wb, wc = (load_file(r.out_dir / "model.safetensors") for r in (a, b, c))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
-
-
-def test_summary_names_what_the_bits_depend_on_beyond_the_config(tmp_path: Path) -> None:
-    config = quick_config(mask_method="random", sparsity=0.5)  # one thread, as QUICK pins it
-    summary = json.loads((run_experiment(config, tmp_path / "a").out_dir / "summary.json").read_text())
-    assert summary["torch_version"] == torch.__version__
-    assert summary["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
-    assert summary["threads"] == 1
 
 
 def test_finished_run_is_skipped(tmp_path: Path) -> None:
